@@ -1,0 +1,54 @@
+"""Shared interface between the RLHF presets and the training loop.
+
+A preset (``integrations.tiny.build_tiny_setup``, ``integrations.paper.build_paper_setup``)
+returns a :class:`Setup`; the training loop in ``integrations/rlhf_mistral.py`` only talks to
+that object. Each objective of the multi-objective RLHF problem (paper App. B, Li et al. ACL
+2025, arXiv 2507.01915) is one :class:`Scorer`: a helpfulness reward model R and a
+harmlessness cost model C in the paper, any number of them here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Literal, Protocol, runtime_checkable
+
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+
+@runtime_checkable
+class Scorer(Protocol):
+    """One objective of the RLHF problem, scored on (request, response) pairs.
+
+    ``kind == "reward"``: higher is better, the PPO reward at the last token is ``score``
+    (the paper's R). ``kind == "cost"``: lower is better, the reward is ``-score`` (the
+    paper's harmlessness reward -C, App. B).
+    """
+
+    name: str  # e.g. "helpful", "harmless"
+    # reward: higher is better; cost: lower is better (objective = -cost)
+    kind: Literal["reward", "cost"]
+
+    def score(self, prompts: Sequence[str], responses: Sequence[str]) -> torch.Tensor:
+        """Score a batch: float32 tensor ``[B]`` on CPU, one number per (prompt, response).
+
+        ``prompts`` are the raw user requests (not chat-formatted), ``responses`` the generated
+        answers (decoded, without the prompt). Batched, no autograd graph.
+        """
+        ...
+
+
+@dataclass
+class Setup:
+    """Everything a preset provides to the training loop."""
+
+    policy: PreTrainedModel  # causal LM to train (transformers), already on its device
+    # frozen copy; None means "use policy with adapters disabled" (LoRA)
+    reference: PreTrainedModel | None
+    tokenizer: PreTrainedTokenizerBase  # left padding for generation; pad_token set
+    scorers: list[Scorer]  # one per objective, in objective order
+    train_prompts: list[str]  # raw user requests
+    eval_prompts: list[str]  # held-out raw user requests
+    format_prompt: Callable[[str], str]  # chat template: request -> model input text
+    probe_default: str | None  # module name for MOGD probe mode by default (None = full mode)

@@ -1,0 +1,216 @@
+"""Fused Gram pass G = J Jᵀ over a [k, n] gradient bank, as a Triton kernel (DESIGN §4).
+
+G_ij = Σ_c J[i, c] J[j, c] = ⟨g_i, g_j⟩ is the only thing the weightings need (GAPO paper, Li et al.
+ACL 2025, arXiv 2507.01915, Eq. 6–7). The pass is memory-bound: its cost is one read of the k·n
+gradient elements, so the kernel reads each element exactly once and does every product on the
+tensor cores, where k(k+1)/2 dot products per element are free next to the load.
+
+Layout of the work (all sizes are ``constexpr``):
+
+* A persistent grid of ``programs`` (≈ 4 per SM) strides over *blocks* of ``BATCH·FOLD·BLOCK``
+  consecutive columns.
+* Each block is loaded as one ``[BATCH, ROWS, BLOCK]`` tile. ``tl.dot`` needs M, N, K ≥ 16, so with
+  few objectives the tile is *folded*: ROWS = 16 tile rows hold FOLD = 16 / KP column chunks of each
+  of the KP = next_pow2(k) rows (tile row m = r·FOLD + s holds chunk s of gradient r). The dot then
+  computes cross products of chunks too; only the FOLD diagonal KP×KP blocks are kept (summed on
+  the host), the rest is wasted tensor-core work, never wasted memory traffic. Folding beats padding
+  J to 16 rows: padded rows would cost no DRAM traffic either, but they would fill registers,
+  shared memory and the layout conversions feeding the MMA with zeros (8× for k = 2).
+* The leading BATCH (= num_warps) axis makes the dot a batched one, which Triton maps one batch per
+  warp (``warpsPerTileV2`` returns [num_warps, 1, 1] for rank 3): every warp multiplies its own
+  slice, none repeats another's MMAs as a 16×16 2-D dot split over 4 warps would.
+* Why ``tl.dot`` and not elementwise products + ``tl.sum``: the elementwise form needs a
+  [KP, KP, BLOCK] product tensor (KP²·BLOCK/threads registers, 512 per thread at k = 16 with
+  BLOCK = 1024) or a cross-thread reduction per pair per block; its FMA count (k² per column) would
+  also make k ≥ 8 fp32 compute-bound on the CUDA cores. The tensor cores do it for free.
+* Precision: 16-bit inputs go to the tensor cores as they are (bf16·bf16 and fp16·fp16 products are
+  exact in fp32, accumulated in fp32). fp32 inputs use ``input_precision="bf16x6"``: each operand is
+  split into three bf16 parts (hi + mid + lo carry all 24 mantissa bits) and the six significant
+  partial products are summed in fp32, i.e. fp32-accurate products on the tensor cores. The default
+  "tf32" would keep 10 mantissa bits (≈1e-3 relative error per product); "ieee" would run the whole
+  16×16·K product on the FMA units, compute-bound for small k. (Triton's CPU interpreter accepts
+  only tf32/tf32x3/ieee and always multiplies in fp32 there, so it gets "ieee": same arithmetic.)
+* Accumulation: each block's dot is summed in fp32 over BLOCK columns only, then added to a float64
+  accumulator (a few fp64 adds per thread per block), so the error does not grow with n (a single
+  fp32 accumulator over 5e7 elements is ~2 % off, DESIGN §4).
+* Determinism: every program writes its own [ROWS, ROWS] float64 partial (no atomics); the host sums
+  the ``programs`` partials with one fixed-order torch reduction, extracts the folded diagonal
+  blocks and mirrors the upper triangle (so G is exactly symmetric). Same input and device, same
+  bits, every run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+
+import torch
+import triton
+import triton.language as tl
+from triton.runtime.interpreter import InterpretedFunction
+
+from .gram_torch import gram_reference
+
+__all__ = ["MAX_K", "INTERPRETED", "gram_reference", "gram_triton"]
+
+MAX_K = 32  # largest k one tile holds (ROWS = 32); larger banks take the torch path
+TILE_BYTES = 16384  # bytes of J per block: BLOCK = TILE_BYTES / (BATCH·ROWS·itemsize)
+NUM_WARPS = 4  # also the batch size of the dot: one batch slice per warp
+NUM_STAGES = 3  # software-pipelined loads in flight per program
+PROGRAMS_PER_SM = 4  # persistent grid size per SM (registers allow ~4 CTAs of 128 threads)
+INTERPRETER_PROGRAMS = 4  # grid size under TRITON_INTERPRET=1 (no SMs to count)
+
+_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+
+@triton.jit
+def _gram_partials_kernel(
+    J,
+    stride_row,
+    partials,
+    k,
+    n,
+    num_blocks,
+    BATCH: tl.constexpr,
+    ROWS: tl.constexpr,
+    FOLD: tl.constexpr,
+    BLOCK: tl.constexpr,
+    PRECISION: tl.constexpr,
+    UPCAST: tl.constexpr,
+    NUM_STAGES: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    num_programs = tl.num_programs(0)
+    b = tl.arange(0, BATCH)[:, None, None]
+    m = tl.arange(0, ROWS)[None, :, None]
+    c = tl.arange(0, BLOCK)[None, None, :]
+    row = m // FOLD  # gradient held by tile row m
+    row_ptr = J + row.to(tl.int64) * stride_row
+    chunk = (b * FOLD + m % FOLD) * BLOCK + c  # column of the element inside its block
+    row_ok = row < k
+    cols_per_block = BATCH * FOLD * BLOCK
+    # int64 column offsets: n·itemsize may exceed 2**31 for a 7B-parameter bank.
+    start = pid.to(tl.int64) * cols_per_block
+    step = num_programs.to(tl.int64) * cols_per_block
+    acc = tl.zeros([BATCH, ROWS, ROWS], dtype=tl.float64)
+    for _ in tl.range(pid, num_blocks, num_programs, num_stages=NUM_STAGES):
+        col = start + chunk
+        x = tl.load(row_ptr + col, mask=row_ok & (col < n), other=0.0)
+        if UPCAST:
+            x = x.to(tl.float32)
+        part = tl.dot(x, tl.trans(x, 0, 2, 1), input_precision=PRECISION)
+        acc += part.to(tl.float64)
+        start += step
+    total = tl.sum(acc, axis=0)
+    i = tl.arange(0, ROWS)
+    tl.store(partials + pid * ROWS * ROWS + i[:, None] * ROWS + i[None, :], total)
+
+
+INTERPRETED = isinstance(_gram_partials_kernel, InterpretedFunction)
+"""True when TRITON_INTERPRET=1 was set before triton was imported (kernels run on CPU tensors)."""
+
+
+@functools.cache
+def _sm_count(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
+
+def _check_power_of_two(name: str, value: int, minimum: int) -> None:
+    if not isinstance(value, int) or value < minimum or value & (value - 1):
+        raise ValueError(f"{name} must be a power of two >= {minimum}, got {value!r}")
+
+
+def check_bank(J: torch.Tensor, dtypes: tuple[torch.dtype, ...], who: str) -> None:
+    """Validate a [k, n] bank for the kernels: shape, dtype, unit column stride and device."""
+    if not isinstance(J, torch.Tensor) or J.dim() != 2:
+        shape = tuple(J.shape) if isinstance(J, torch.Tensor) else type(J).__name__
+        raise ValueError(f"J must be a [k, n] tensor, got {shape}")
+    if J.dtype not in dtypes:
+        names = ", ".join(str(d).removeprefix("torch.") for d in dtypes)
+        raise TypeError(f"J has dtype {J.dtype}; {who} takes {names} (use backend='torch')")
+    if J.shape[1] > 1 and J.stride(1) != 1:
+        raise ValueError("J must have unit stride along its last dim; call .contiguous() first")
+    if J.device.type != "cuda" and not INTERPRETED:
+        raise ValueError(
+            f"J is on {J.device}: the Triton kernels need CUDA tensors (or TRITON_INTERPRET=1 "
+            "set before triton is first imported); use backend='torch' for CPU tensors"
+        )
+
+
+def gram_triton(
+    J: torch.Tensor,
+    *,
+    block_n: int | None = None,
+    num_warps: int | None = None,
+    programs: int | None = None,
+) -> torch.Tensor:
+    """Gram matrix G = J Jᵀ of a [k, n] bank in one fused pass (paper Eq. 6–7: G feeds the QP).
+
+    Args:
+        J: [k, n] tensor, 1 <= k <= ``MAX_K``, fp32 / bf16 / fp16, unit stride along n (any row
+            stride), on CUDA (or CPU under the Triton interpreter).
+        block_n: columns per tile chunk (power of two >= 16). Default: ``TILE_BYTES`` of J per
+            block. Tests shrink it to reach several blocks with a small n.
+        num_warps: warps per program, also the batch size of the dot (power of two). Default 4.
+        programs: size of the persistent grid. Default: 4 per SM.
+
+    Returns:
+        float64 [k, k] tensor on J.device, exactly symmetric. Products are fp32-exact, sums are fp32
+        within a block of columns and float64 across blocks; bit-identical across runs on the same
+        device and configuration.
+    """
+    check_bank(J, _DTYPES, "gram_triton")
+    k, n = J.shape
+    if k > MAX_K:
+        raise ValueError(f"gram_triton takes k <= {MAX_K} rows, got k = {k}; use backend='torch'")
+    if k == 0 or n == 0:
+        return torch.zeros(k, k, dtype=torch.float64, device=J.device)
+
+    warps = NUM_WARPS if num_warps is None else num_warps
+    _check_power_of_two("num_warps", warps, 1)
+    kp = triton.next_power_of_2(k)
+    rows = max(16, kp)
+    fold = rows // kp
+    block = block_n
+    if block is None:
+        block = max(16, TILE_BYTES // (warps * rows * J.element_size()))
+    _check_power_of_two("block_n", block, 16)
+    num_blocks = triton.cdiv(n, warps * fold * block)
+    if programs is None:
+        if J.device.type == "cuda":
+            programs = PROGRAMS_PER_SM * _sm_count(J.device.index or torch.cuda.current_device())
+        else:
+            programs = INTERPRETER_PROGRAMS
+    if not isinstance(programs, int) or programs < 1:
+        raise ValueError(f"programs must be a positive int, got {programs!r}")
+    grid = min(programs, num_blocks)
+
+    if J.dtype == torch.float32:
+        precision = "ieee" if INTERPRETED else "bf16x6"
+    else:
+        precision = "ieee"  # ignored for 16-bit operands: the MMA multiplies them exactly
+    # The interpreter's tl.dot multiplies bf16 as raw uint16 bits; widen there (exact, same sums).
+    upcast = INTERPRETED and J.dtype == torch.bfloat16
+
+    partials = torch.empty(grid, rows, rows, dtype=torch.float64, device=J.device)
+    on_cuda = J.device.type == "cuda"
+    with torch.cuda.device(J.device) if on_cuda else contextlib.nullcontext():
+        _gram_partials_kernel[(grid,)](
+            J,
+            J.stride(0),
+            partials,
+            k,
+            n,
+            num_blocks,
+            BATCH=warps,
+            ROWS=rows,
+            FOLD=fold,
+            BLOCK=block,
+            PRECISION=precision,
+            UPCAST=upcast,
+            NUM_STAGES=NUM_STAGES,
+            num_warps=warps,
+        )
+    folded = partials.sum(0)  # fixed-order float64 reduction over the programs' partials
+    G = folded.view(kp, fold, kp, fold).diagonal(dim1=1, dim2=3).sum(-1)[:k, :k]
+    return torch.triu(G) + torch.triu(G, 1).mT

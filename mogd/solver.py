@@ -1,0 +1,215 @@
+"""Exact minimum-norm point of a convex hull, from the Gram matrix alone.
+
+Given k gradients g_1..g_k with Gram matrix G = J Jᵀ, the min-norm point of their convex hull is
+d* = Σ w_i g_i with
+
+    w = argmin_{w ∈ Δ_k} wᵀ G w,      Δ_k = {w ≥ 0, Σ w_i = 1}
+
+(MGDA, Désidéri 2012; GAPO paper Eq. 7 solves the same problem on a rescaled Gram). Everything here is
+float64 NumPy whatever comes in: k is small, exactness on degenerate G is what matters.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from scipy.linalg.lapack import dpstrf
+from scipy.optimize import nnls
+
+__all__ = ["MinNormResult", "as_gram", "kkt_residual", "min_norm"]
+
+# A Gram from float32 gradients is only accurate to ~1e-7 of its largest diagonal, so symmetry and
+# semi-definiteness are checked to this relative tolerance: rounding passes, real indefiniteness fails.
+GRAM_TOL = 1e-5
+
+
+@dataclass(frozen=True)
+class MinNormResult:
+    """Result of :func:`min_norm`.
+
+    Attributes:
+        weights: float64 CPU tensor [k] on the simplex: the minimiser w.
+        value: wᵀGw, the squared norm of the min-norm point ‖Σ w_i g_i‖².
+        kkt_residual: max over the optimality conditions (Gw)_i ≥ wᵀGw (all i), with equality on the
+            support, of their violation, relative to max_i G_ii. 0 for an exact solution.
+        support: indices i with w_i > 0.
+    """
+
+    weights: torch.Tensor
+    value: float
+    kkt_residual: float
+    support: tuple[int, ...]
+
+
+def as_gram(G: torch.Tensor | np.ndarray) -> np.ndarray:
+    """Validate a Gram matrix and return it as a symmetric float64 NumPy array.
+
+    Raises ``TypeError`` for anything but a tensor / array, ``ValueError`` for a non-square,
+    non-finite, non-symmetric or clearly indefinite matrix (relative tolerance ``GRAM_TOL``;
+    the tiny negative eigenvalues that rounding produces are accepted).
+    """
+    if isinstance(G, torch.Tensor):
+        if not (G.dtype.is_floating_point or G.dtype in (torch.int32, torch.int64)):
+            raise TypeError(f"G must be a real floating-point tensor, got dtype {G.dtype}")
+        A = G.detach().to("cpu", torch.float64).numpy()
+    elif isinstance(G, np.ndarray):
+        A = np.asarray(G, dtype=np.float64)
+    else:
+        raise TypeError(f"G must be a torch.Tensor or numpy.ndarray, got {type(G).__name__}")
+    if A.ndim != 2 or A.shape[0] != A.shape[1] or A.shape[0] == 0:
+        raise ValueError(f"G must be a non-empty square k×k matrix, got shape {tuple(A.shape)}")
+    if not np.isfinite(A).all():
+        raise ValueError("G contains NaN or inf: a gradient was not finite; check the losses")
+    diag = np.diagonal(A)
+    scale = float(diag.max()) if diag.size else 0.0
+    tol = GRAM_TOL * max(scale, 0.0)
+    if diag.min() < -tol or (scale <= 0.0 and np.abs(A).max() > 0.0):
+        raise ValueError("G has a negative diagonal entry: it is not a Gram matrix (G = J Jᵀ)")
+    if np.abs(A - A.T).max() > tol:
+        raise ValueError("G is not symmetric: pass the Gram matrix J Jᵀ (symmetrise it if needed)")
+    return (A + A.T) * 0.5
+
+
+def kkt_residual(G: np.ndarray, w: np.ndarray) -> float:
+    """Violation of the KKT conditions of min_{Δ} wᵀGw at w, relative to max_i G_ii.
+
+    Optimality holds iff (Gw)_i ≥ wᵀGw for all i, with equality where w_i > 0.
+    """
+    scale = float(G.diagonal().max())
+    if scale <= 0.0:
+        return 0.0
+    Gw = G @ w
+    gap = Gw - float(w @ Gw)
+    return max(-float(gap.min()), float(np.abs(gap[w > 0]).max()), 0.0) / scale
+
+
+def min_norm(G: torch.Tensor | np.ndarray) -> MinNormResult:
+    """Minimum-norm point of the convex hull of k gradients given their Gram matrix G.
+
+    Solves ``w = argmin_{w ∈ Δ_k} wᵀGw`` exactly (up to float64 rounding):
+
+    * k = 2: closed form w_1 = clip((G_22 − G_12) / (G_11 + G_22 − 2 G_12), 0, 1);
+    * k > 2: G = RᵀR by pivoted Cholesky (LAPACK ``dpstrf``, rank-revealing, so singular G is fine),
+      then the non-negative least squares problem
+
+          u* = argmin_{u ≥ 0} ‖R u‖² + (1ᵀu − 1)²,      w = u* / 1ᵀu*
+
+      which is exact: writing u = t·w with w ∈ Δ gives t²·wᵀGw + (t − 1)², whose minimum over t is
+      wᵀGw / (1 + wᵀGw), increasing in wᵀGw. NNLS is Lawson–Hanson's active-set method (finite).
+
+    G is normalised by max_i G_ii first, so scales from 1e-30 to 1e30 behave alike. Zero rows (an
+    objective with zero gradient) make 0 a hull point: their weights share 1 and the value is 0.
+    Duplicated or antipodal gradients are fine; when the minimiser is not unique one is returned.
+
+    Args:
+        G: k×k Gram matrix (torch tensor of any float dtype, or NumPy array).
+
+    Returns:
+        :class:`MinNormResult` with float64 weights on the simplex, value, KKT residual and support.
+    """
+    if tuple(G.shape) == (2, 2):
+        return _min_norm_two(G)
+    A = as_gram(G)
+    k = A.shape[0]
+    scale = float(np.diagonal(A).max())
+    if scale <= 0.0:
+        w = np.full(k, 1.0 / k)
+    else:
+        An = A / scale
+        zero = np.diagonal(An) <= 0.0
+        if zero.any():
+            w = zero / zero.sum()
+        elif k == 1:
+            w = np.ones(1)
+        else:
+            w = _nnls(An)
+    value = max(float(w @ A @ w), 0.0)
+    support = tuple(int(i) for i in np.flatnonzero(w > 0))
+    return MinNormResult(torch.from_numpy(w), value, kkt_residual(A, w), support)
+
+
+def _min_norm_two(G: torch.Tensor | np.ndarray) -> MinNormResult:
+    """k = 2 in plain Python floats: the same checks and answer as the general path, in ~µs."""
+    if isinstance(G, torch.Tensor):
+        if not G.dtype.is_floating_point:
+            raise TypeError(f"G must be a real floating-point tensor, got dtype {G.dtype}")
+        (a, c), (c2, b) = G.detach().cpu().tolist()
+    elif isinstance(G, np.ndarray):
+        (a, c), (c2, b) = np.asarray(G, dtype=np.float64).tolist()
+    else:
+        raise TypeError(f"G must be a torch.Tensor or numpy.ndarray, got {type(G).__name__}")
+    if not all(math.isfinite(x) for x in (a, b, c, c2)):
+        raise ValueError("G contains NaN or inf: a gradient was not finite; check the losses")
+    scale = max(a, b)
+    tol = GRAM_TOL * max(scale, 0.0)
+    if min(a, b) < -tol or (scale <= 0.0 and (c != 0.0 or c2 != 0.0)):
+        raise ValueError("G has a negative diagonal entry: it is not a Gram matrix (G = J Jᵀ)")
+    if abs(c - c2) > tol:
+        raise ValueError("G is not symmetric: pass the Gram matrix J Jᵀ (symmetrise it if needed)")
+    c = 0.5 * (c + c2)
+    # Smallest eigenvalue of [[a, c], [c, b]], exactly.
+    if 0.5 * (a + b) - math.hypot(0.5 * (a - b), c) < -tol:
+        raise ValueError("G is indefinite: it is not a Gram matrix (G = J Jᵀ) of real gradients")
+    if scale <= 0.0:
+        w1 = 0.5
+    elif a <= 0.0 or b <= 0.0:
+        w1 = 0.5 if a <= 0.0 and b <= 0.0 else (1.0 if a <= 0.0 else 0.0)
+    else:
+        w1 = _two(a / scale, b / scale, c / scale)
+    w2 = 1.0 - w1
+    g1, g2 = a * w1 + c * w2, c * w1 + b * w2
+    value = w1 * g1 + w2 * g2
+    gaps = [g - value for g, w in ((g1, w1), (g2, w2))]
+    residual = max(0.0, -min(gaps), *(abs(g) for g, w in zip(gaps, (w1, w2), strict=True) if w > 0))
+    return MinNormResult(
+        torch.tensor([w1, w2], dtype=torch.float64),
+        max(value, 0.0),
+        residual / scale if scale > 0.0 else 0.0,
+        tuple(i for i, w in enumerate((w1, w2)) if w > 0),
+    )
+
+
+def _two(a: float, b: float, c: float) -> float:
+    """w_1 of the k = 2 problem; ‖g_1 − g_2‖² = a + b − 2c is 0 for identical gradients (any w)."""
+    denom = a + b - 2.0 * c
+    w1 = 0.5 if denom <= 0.0 else min(max((b - c) / denom, 0.0), 1.0)
+    return w1 if math.isfinite(w1) else 0.5
+
+
+def _factor(An: np.ndarray) -> np.ndarray:
+    """A factor R (rank × k) with RᵀR ≈ An, by pivoted Cholesky (LAPACK ``dpstrf``).
+
+    dpstrf stops once the largest remaining pivot is below its tolerance. Continuing into a Schur
+    complement that holds only rounding noise divides noise by noise, so the tolerance is raised
+    step by step until the factor reproduces G. What no factor explains is G's distance from the
+    PSD cone: large means G was indefinite, not a Gram matrix.
+    """
+    k = An.shape[0]
+    best_err, best = np.inf, np.zeros((0, k))
+    for tol in (k * np.finfo(np.float64).eps, 1e-10, 1e-7):
+        c, piv, rank, info = dpstrf(An, tol=tol, lower=0)
+        if info < 0:
+            raise ValueError(f"G could not be factorised (LAPACK dpstrf info={info})")
+        R = np.empty((rank, k))
+        R[:, piv - 1] = np.triu(c[:rank])
+        err = float(np.abs(An - R.T @ R).max())
+        if err < best_err:
+            best_err, best = err, R
+        if err <= 1e-9:
+            break
+    if best_err > GRAM_TOL:
+        raise ValueError("G is indefinite: it is not a Gram matrix (G = J Jᵀ) of real gradients")
+    return best
+
+
+def _nnls(An: np.ndarray) -> np.ndarray:
+    R = _factor(An)
+    k = An.shape[0]
+    M = np.vstack([R, np.ones((1, k))])
+    rhs = np.zeros(M.shape[0])
+    rhs[-1] = 1.0
+    u, _ = nnls(M, rhs, maxiter=50 * k)
+    return u / u.sum()
