@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 import os
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from integrations.paper_data import HH_RLHF, PKU_SAFERLHF
 from integrations.paper_plan import (
@@ -32,7 +32,7 @@ from integrations.paper_plan import (
 )
 
 if TYPE_CHECKING:
-    from integrations.common import Setup
+    from integrations.common import Scorer, Setup
     from integrations.paper_models import ScoreCritic
 
 __all__ = [
@@ -60,31 +60,54 @@ PAPER_OPTIONS: dict[str, _Option] = {
     o.flag[2:].replace("-", "_"): o
     for o in (
         _Option("--policy", DEFAULT_POLICY, "policy: causal LM hub id or local folder", str),
-        _Option("--reward-model", DEFAULT_REWARD_MODEL, "helpfulness reward model (LlamaForScore)", str),
+        _Option(
+            "--reward-model", DEFAULT_REWARD_MODEL, "helpfulness reward model (LlamaForScore)", str
+        ),
         _Option("--cost-model", DEFAULT_COST_MODEL, "harmlessness cost model (LlamaForScore)", str),
         _Option("--lora-r", 0, "LoRA rank on every decoder linear map; 0 = full fine-tuning", int),
-        _Option("--lora-alpha", None, "LoRA alpha (default 2 * rank)", float),
+        _Option("--lora-alpha", None, "LoRA alpha; None = 2 * rank", int),
         _Option("--load-in-8bit", False, "scorers in 8-bit (bitsandbytes)", action="store_true"),
-        _Option("--load-in-4bit", False, "scorers in 4-bit NF4 (bitsandbytes)", action="store_true"),
         _Option(
-            "--no-gradient-checkpointing", False, "turn gradient checkpointing off",
+            "--load-in-4bit", False, "scorers in 4-bit NF4 (bitsandbytes)", action="store_true"
+        ),
+        _Option(
+            "--no-gradient-checkpointing",
+            False,
+            "turn gradient checkpointing off",
             action="store_true",
         ),
         _Option(
-            "--critic-init", "head",
-            "critics: value heads on the policy (head) or initialised from the score models "
-            "(score, as Safe RLHF)", str, ("head", "score"),
+            "--critic-init",
+            "head",
+            "critics: value heads on the policy (head), a trained copy of the policy's trunk "
+            "(copy) or one critic initialised from each score model (score, as Safe RLHF)",
+            str,
+            ("head", "copy", "score"),
         ),
-        _Option("--train-prompts", PKU_SAFERLHF, "PKU-SafeRLHF train prompts: hub id, folder or JSONL", str),
-        _Option("--eval-prompts", PKU_SAFERLHF, "PKU-SafeRLHF test prompts: hub id, folder or JSONL", str),
+        _Option(
+            "--train-prompts",
+            PKU_SAFERLHF,
+            "PKU-SafeRLHF train prompts: hub id, folder or JSONL",
+            str,
+        ),
+        _Option(
+            "--eval-prompts",
+            PKU_SAFERLHF,
+            "PKU-SafeRLHF test prompts: hub id, folder or JSONL",
+            str,
+        ),
         _Option("--hh-prompts", HH_RLHF, "HH-RLHF test prompts: hub id, folder or JSONL", str),
         _Option("--max-train-prompts", 0, "keep the first N distinct train prompts (0 = all)", int),
-        _Option("--max-eval-prompts", 0, "keep the first N distinct prompts per eval set (0 = all)", int),
+        _Option(
+            "--max-eval-prompts", 0, "keep the first N distinct prompts per eval set (0 = all)", int
+        ),
         _Option("--score-batch-size", 16, "scorer batch size", int),
-        _Option("--world-size", None, "GPUs for --dry-run (default: $WORLD_SIZE or 1)", int),
+        _Option("--world-size", None, "GPUs for --dry-run; None = $WORLD_SIZE or 1", int),
         _Option("--micro-batch-size", 4, "sequences per GPU per forward, for --dry-run", int),
         _Option("--seq-len", 512, "prompt + response tokens, for --dry-run", int),
-        _Option("--device", None, "device (default: cuda:$LOCAL_RANK when CUDA exists, else cpu)", str),
+        _Option(
+            "--device", None, "device; None = cuda:$LOCAL_RANK when CUDA exists, else cpu", str
+        ),
     )
 }
 
@@ -96,7 +119,11 @@ def add_paper_arguments(parser: argparse.ArgumentParser) -> None:
     for name, o in PAPER_OPTIONS.items():
         if o.flag in existing:
             continue
-        kwargs: dict[str, Any] = {"dest": name, "default": o.default, "help": f"{o.help} (default: %(default)s)"}
+        kwargs: dict[str, Any] = {
+            "dest": name,
+            "default": o.default,
+            "help": o.help,
+        }
         if o.action:
             kwargs["action"] = o.action
         else:
@@ -109,7 +136,7 @@ def _opt(args: Any, name: str) -> Any:
     return PAPER_OPTIONS[name].default if value is None else value
 
 
-def _quantization(args: Any) -> str | None:
+def _quantization(args: Any) -> Literal["8bit", "4bit"] | None:
     eight, four = bool(_opt(args, "load_in_8bit")), bool(_opt(args, "load_in_4bit"))
     if eight and four:
         raise ValueError("--load-in-8bit and --load-in-4bit are exclusive: pick one")
@@ -134,15 +161,15 @@ def _limit(args: Any, name: str) -> int | None:
     return n or None
 
 
-def _lora(args: Any) -> tuple[int, float | None]:
+def _lora(args: Any) -> tuple[int, int | None]:
     r = int(_opt(args, "lora_r"))
     if r < 0:
         raise ValueError(f"--lora-r must be >= 0 (0 = full fine-tuning), got {r}")
     alpha = getattr(args, "lora_alpha", None)
-    return r, None if alpha is None else float(alpha)
+    return r, None if alpha is None else int(alpha)
 
 
-def _objectives(args: Any) -> list[tuple[str, str, str, str]]:
+def _objectives(args: Any) -> list[tuple[str, Literal["reward", "cost"], str, str]]:
     """(name, kind, model, option) per objective, in objective order: R then C (paper App. B)."""
     return [
         ("helpful", "reward", str(_opt(args, "reward_model")), "--reward-model"),
@@ -162,7 +189,12 @@ def build_paper_setup(args: Any) -> Setup:
 
     from integrations.common import Setup
     from integrations.paper_data import load_pku_prompts
-    from integrations.paper_models import BeaverScorer, load_policy, load_reference, load_score_model
+    from integrations.paper_models import (
+        BeaverScorer,
+        load_policy,
+        load_reference,
+        load_score_model,
+    )
 
     quantization = _quantization(args)
     lora_r, lora_alpha = _lora(args)
@@ -179,18 +211,25 @@ def build_paper_setup(args: Any) -> Setup:
     checkpointing = not bool(_opt(args, "no_gradient_checkpointing"))
     policy_id = str(_opt(args, "policy"))
     policy, tokenizer, format_prompt = load_policy(
-        policy_id, device=device, gradient_checkpointing=checkpointing, lora_r=lora_r,
+        policy_id,
+        device=device,
+        gradient_checkpointing=checkpointing,
+        lora_r=lora_r,
         lora_alpha=lora_alpha,
     )
     reference = None if lora_r > 0 else load_reference(policy_id, device=device)
-    scorers = []
+    scorers: list[Scorer] = []
     for name, kind, model_id, option in _objectives(args):
         model, scorer_tokenizer = load_score_model(
             model_id, option=option, dtype=torch.bfloat16, device=device, quantization=quantization
         )
         scorers.append(
             BeaverScorer(
-                name, kind, model, scorer_tokenizer, batch_size=batch,
+                name,
+                kind,
+                model,
+                scorer_tokenizer,
+                batch_size=batch,
                 max_length=getattr(model.backbone.config, "max_position_embeddings", None),
             )
         )
@@ -232,8 +271,14 @@ def build_score_critics(args: Any, setup: Setup) -> list[ScoreCritic]:
     checkpointing = not bool(_opt(args, "no_gradient_checkpointing"))
     return [
         build_score_critic(
-            model_id, setup.tokenizer, option=option, num_embeddings=vocab, device=_device(args),
-            lora_r=lora_r, lora_alpha=lora_alpha, gradient_checkpointing=checkpointing,
+            model_id,
+            setup.tokenizer,
+            option=option,
+            num_embeddings=vocab,
+            device=_device(args),
+            lora_r=lora_r,
+            lora_alpha=lora_alpha,
+            gradient_checkpointing=checkpointing,
         )
         for _, _, model_id, option in _objectives(args)
     ]
@@ -266,22 +311,28 @@ def _probe(args: Any, lora_r: int) -> str | None:
 
 
 def _objective_count(args: Any) -> int:
-    # Single-objective methods keep one gradient, the multi-objective ones one per scorer.
-    return 1 if getattr(args, "method", None) in ("ppo-h", "ppo-s") else 2
+    """k, the gradients MOGD keeps: one per objective for gapo / mgda / pgapo; one for the
+    single-loss methods (ppo-h, ppo-s, morlhf's scalarised reward, safe-rlhf's Lagrangian)."""
+    if getattr(args, "method", None) in ("ppo-h", "ppo-s", "morlhf", "safe-rlhf"):
+        return 1
+    names = getattr(args, "objectives", None)
+    return len(names) if names else len(_objectives(args))
 
 
 def dry_run(args: Any) -> str:
     """Parameter counts and the per-GPU memory plan (DDP and FSDP2) without loading weights."""
     lora_r, _ = _lora(args)
-    quantization = _quantization(args) or "bf16"
-    world = _opt(args, "world_size") or int(os.environ.get("WORLD_SIZE", 1))
-    if int(world) < 1:
+    quant: Literal["bf16", "8bit", "4bit"] = _quantization(args) or "bf16"
+    world = getattr(args, "world_size", None)
+    world = int(os.environ.get("WORLD_SIZE", 1) if world is None else world)
+    if world < 1:
         raise ValueError(f"--world-size must be >= 1, got {world}")
-    world = int(world)
     policy, policy_src = _shape(str(_opt(args, "policy")), "--policy")
     scorers = [_shape(m, opt) for _, _, m, opt in _objectives(args)]
     probe, k = _probe(args, lora_r), _objective_count(args)
-    critic_init = str(_opt(args, "critic_init"))
+    critic_init = _opt(args, "critic_init")
+    if critic_init not in ("head", "copy", "score"):
+        raise ValueError(f"--critic-init must be 'head', 'copy' or 'score', got {critic_init!r}")
     checkpointing = not bool(_opt(args, "no_gradient_checkpointing"))
     micro, seq = int(_opt(args, "micro_batch_size")), int(_opt(args, "seq_len"))
 
@@ -292,19 +343,33 @@ def dry_run(args: Any) -> str:
         f"policy  {_opt(args, 'policy')}  [{policy_src}]",
         f"  parameters {total:,}; trainable {trainable:,}"
         + (f" (LoRA r={lora_r})" if lora_r > 0 else " (full fine-tuning)"),
-        f"  MOGD: k={k} objectives, "
-        + (f"probe {probe} ({policy.vocab_size * policy.hidden_size:,} parameters)"
-           if probe == "lm_head" else f"probe {probe}" if probe else "full mode"),
+        f"  MOGD: k={k} per-objective gradients, "
+        + (
+            f"probe {probe} ({policy.vocab_size * policy.hidden_size:,} parameters)"
+            if probe == "lm_head"
+            else f"probe {probe}"
+            if probe
+            else "full mode"
+        ),
     ]
-    for (name, kind, model_id, _), (shape, src) in zip(_objectives(args), scorers):
+    for (name, kind, model_id, _), (shape, src) in zip(_objectives(args), scorers, strict=True):
         lines.append(f"{kind:<6}  {model_id}  [{src}]")
-        lines.append(f"  parameters {shape.score_model_params():,} ({name}, {quantization})")
+        lines.append(f"  parameters {shape.score_model_params():,} ({name}, {quant})")
     lines.append(f"critics {critic_init}")
     plans = [
         memory_plan(
-            policy, [s for s, _ in scorers], world_size=world, sharding=sharding, lora_r=lora_r,
-            probe=probe, k=k, critic_init=critic_init, quant=quantization, micro_batch=micro,
-            seq_len=seq, gradient_checkpointing=checkpointing,
+            policy,
+            [s for s, _ in scorers],
+            world_size=world,
+            sharding=sharding,
+            lora_r=lora_r,
+            probe=probe,
+            k=k,
+            critic_init=critic_init,
+            quant=quant,
+            micro_batch=micro,
+            seq_len=seq,
+            gradient_checkpointing=checkpointing,
         )
         for sharding in ("ddp", "fsdp2")
     ]

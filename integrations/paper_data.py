@@ -55,7 +55,9 @@ def _read_json_file(path: Path) -> Iterator[dict[str, Any]]:
                 raise ValueError(f"{path}:{n} is not a JSON object per line ({err.msg})") from err
 
 
-def load_records(source: str | os.PathLike[str], split: str, *, option: str) -> Iterable[dict[str, Any]]:
+def load_records(
+    source: str | os.PathLike[str], split: str, *, option: str
+) -> Iterable[dict[str, Any]]:
     """Rows of ``split`` from a hub dataset, a local dataset folder or a local JSON(L) file."""
     if split not in _SPLITS:
         raise ValueError(f"split must be one of {_SPLITS}, got {split!r}")
@@ -123,7 +125,7 @@ def load_pku_prompts(
 
 def first_human_turn(transcript: str) -> str:
     """The first ``Human:`` turn of an HH-RLHF transcript, without the speaker tag."""
-    head, sep, rest = transcript.partition("Human:")
+    _, sep, rest = transcript.partition("Human:")
     if not sep:
         raise ValueError(f"HH-RLHF transcript has no 'Human:' turn: {transcript[:80]!r}")
     return rest.split("\n\nAssistant:", 1)[0].strip()

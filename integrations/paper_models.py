@@ -25,11 +25,12 @@ The beaver-7b-v1.0 reward and cost models (PKU-Alignment, Safe RLHF) are safe-rl
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib.util
 import json
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -54,8 +55,6 @@ __all__ = [
 BEAVER_TEMPLATE = "BEGINNING OF CONVERSATION: USER: {prompt} ASSISTANT:{response}"
 
 _MODEL_FILES = ["*.json", "*.safetensors", "tokenizer*", "*.model", "*.txt"]
-# Keys a score checkpoint may carry besides the backbone and the head (see module docstring).
-_IGNORED_PREFIXES = ("normalizer.", "lm_head.")
 
 
 def resolve_pretrained(name_or_path: str | os.PathLike[str], *, option: str) -> Path:
@@ -78,7 +77,9 @@ def resolve_pretrained(name_or_path: str | os.PathLike[str], *, option: str) -> 
     from huggingface_hub.errors import HfHubHTTPError
 
     try:
-        local = snapshot_download(text, allow_patterns=_MODEL_FILES, ignore_patterns=["consolidated*"])
+        local = snapshot_download(
+            text, allow_patterns=_MODEL_FILES, ignore_patterns=["consolidated*"]
+        )
     except (OSError, HfHubHTTPError) as err:
         raise ValueError(
             f"{option}: cannot fetch {text!r} from the Hugging Face hub (offline, not cached, or "
@@ -111,12 +112,26 @@ def _checkpoint_tensors(path: Path, names: Sequence[str]) -> dict[str, torch.Ten
                 from safetensors import safe_open
 
                 with safe_open(str(path / fname), framework="pt") as f:
-                    out.update({n: f.get_tensor(n) for n in wanted if n in f.keys()})  # noqa: SIM118
+                    out.update({n: f.get_tensor(n) for n in wanted if n in f.keys()})
             else:
                 state = torch.load(path / fname, map_location="cpu", weights_only=True, mmap=True)
                 out.update({n: state[n].clone() for n in wanted if n in state})
         return out
     raise ValueError(f"{path} holds no model.safetensors / pytorch_model.bin checkpoint")
+
+
+@contextlib.contextmanager
+def _quiet_load_report() -> Iterator[None]:
+    """Silence transformers' load report while loading a backbone out of a score checkpoint: the
+    head's keys are expected there (read separately); missing keys are still checked."""
+    from transformers.utils import logging
+
+    level = logging.get_verbosity()
+    logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        logging.set_verbosity(level)
 
 
 def _quantization_config(quantization: str | None, option: str) -> Any:
@@ -147,9 +162,13 @@ class BeaverScoreModel(nn.Module):
     for a cost.
     """
 
+    backbone: Any  # a transformers decoder (``*Model``), possibly bitsandbytes-quantised
+    mean: torch.Tensor
+    std: torch.Tensor
+
     def __init__(
         self,
-        backbone: nn.Module,
+        backbone: Any,
         score_head: nn.Linear,
         *,
         mean: torch.Tensor | None = None,
@@ -158,7 +177,9 @@ class BeaverScoreModel(nn.Module):
         super().__init__()
         self.backbone = backbone
         self.score_head = score_head
-        self.register_buffer("mean", mean if mean is not None else torch.zeros(()), persistent=False)
+        self.register_buffer(
+            "mean", mean if mean is not None else torch.zeros(()), persistent=False
+        )
         self.register_buffer("std", std if std is not None else torch.ones(()), persistent=False)
 
     def token_scores(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -171,7 +192,9 @@ class BeaverScoreModel(nn.Module):
         scores = self.token_scores(input_ids, attention_mask)
         positions = torch.arange(attention_mask.shape[1], device=attention_mask.device)
         end = (attention_mask.to(torch.long) * positions).argmax(dim=1)
-        end_scores = scores[torch.arange(scores.shape[0], device=scores.device), end.to(scores.device)]
+        end_scores = scores[
+            torch.arange(scores.shape[0], device=scores.device), end.to(scores.device)
+        ]
         return (end_scores - self.mean) / self.std
 
 
@@ -192,11 +215,14 @@ def load_score_model(
 
     path = resolve_pretrained(name_or_path, option=option)
     config = AutoConfig.from_pretrained(path)
-    bnb = _quantization_config(quantization, "--load-in-8bit" if quantization == "8bit" else "--load-in-4bit")
+    bnb = _quantization_config(
+        quantization, "--load-in-8bit" if quantization == "8bit" else "--load-in-4bit"
+    )
     kwargs: dict[str, Any] = {"dtype": dtype, "output_loading_info": True}
     if bnb is not None:
         kwargs.update(quantization_config=bnb, device_map={"": str(device)})
-    backbone, info = AutoModel.from_pretrained(path, **kwargs)
+    with _quiet_load_report():  # score_head.* / normalizer.* are "unexpected" to a LlamaModel
+        backbone, info = AutoModel.from_pretrained(path, **kwargs)
     if info["missing_keys"]:
         raise ValueError(
             f"{option}: {path} lacks backbone weights {sorted(info['missing_keys'])[:5]}...: not a "
@@ -206,7 +232,9 @@ def load_score_model(
     tensors = _checkpoint_tensors(path, head_names)
     prefix = "score_head" if "score_head.weight" in tensors else "score"
     if f"{prefix}.weight" not in tensors:
-        raise ValueError(f"{option}: {path} has no score_head.weight: not a LlamaForScore checkpoint")
+        raise ValueError(
+            f"{option}: {path} has no score_head.weight: not a LlamaForScore checkpoint"
+        )
     weight = tensors[f"{prefix}.weight"].float()
     bias = tensors.get(f"{prefix}.bias")
     head = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None)
@@ -257,6 +285,7 @@ class BeaverScorer:
             raise ValueError(f"kind must be 'reward' or 'cost', got {self.kind!r}")
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        self.tokenizer.truncation_side = "left"  # keep the end, where the score is read
 
     def texts(self, prompts: Sequence[str], responses: Sequence[str]) -> list[str]:
         """The scorer's input strings: beaver format, response stripped as in the model card."""
@@ -267,7 +296,7 @@ class BeaverScorer:
         eos = self.tokenizer.eos_token or ""
         return [
             BEAVER_TEMPLATE.format(prompt=p.strip(), response=r.strip()) + eos
-            for p, r in zip(prompts, responses)
+            for p, r in zip(prompts, responses, strict=True)
         ]
 
     @torch.no_grad()
@@ -275,7 +304,6 @@ class BeaverScorer:
         """End score of each (prompt, response): float32 [B] on CPU (a cost for kind "cost")."""
         texts = self.texts(prompts, responses)
         device = self.model.score_head.weight.device
-        self.tokenizer.truncation_side = "left"
         out = []
         for start in range(0, len(texts), self.batch_size):
             batch = self.tokenizer(
@@ -315,7 +343,7 @@ def transfer_embeddings(
             composite.append((idx, dst_tokenizer.convert_tokens_to_string([token])))
     if composite:
         encoded = src_tokenizer([t for _, t in composite], add_special_tokens=False)["input_ids"]
-        for (idx, _), ids in zip(composite, encoded):
+        for (idx, _), ids in zip(composite, encoded, strict=True):
             if ids:
                 out[idx] = weight[ids].float().mean(dim=0)
     for attr in ("bos_token_id", "eos_token_id", "pad_token_id", "unk_token_id"):
@@ -333,7 +361,9 @@ class ScoreCritic(nn.Module):
     (:func:`transfer_embeddings`), so the critic reads the policy's sequences directly.
     """
 
-    def __init__(self, backbone: nn.Module, value_head: nn.Linear) -> None:
+    backbone: Any  # a transformers decoder, possibly wrapped by peft
+
+    def __init__(self, backbone: Any, value_head: nn.Linear) -> None:
         super().__init__()
         self.backbone = backbone
         self.value_head = value_head
@@ -353,7 +383,7 @@ def build_score_critic(
     dtype: torch.dtype = torch.bfloat16,
     device: str | torch.device = "cpu",
     lora_r: int = 0,
-    lora_alpha: float | None = None,
+    lora_alpha: int | None = None,
     gradient_checkpointing: bool = True,
 ) -> ScoreCritic:
     """A trainable :class:`ScoreCritic` from a score checkpoint, reading ``policy_tokenizer``'s ids.
@@ -362,10 +392,14 @@ def build_score_critic(
     ``lora_r > 0`` the backbone is frozen with LoRA adapters and the value head (float32) trains
     fully; otherwise everything trains.
     """
-    model, scorer_tokenizer = load_score_model(name_or_path, option=option, dtype=dtype, device="cpu")
+    model, scorer_tokenizer = load_score_model(
+        name_or_path, option=option, dtype=dtype, device="cpu"
+    )
     if model.score_head.out_features != 1:
-        raise ValueError(f"{option}: a critic needs score_dim 1, got {model.score_head.out_features}")
-    backbone = model.backbone
+        raise ValueError(
+            f"{option}: a critic needs score_dim 1, got {model.score_head.out_features}"
+        )
+    backbone: Any = model.backbone
     old = backbone.get_input_embeddings().weight.detach()
     rows = transfer_embeddings(old, scorer_tokenizer, policy_tokenizer, num_embeddings)
     embedding = nn.Embedding(rows.shape[0], rows.shape[1], dtype=old.dtype)
@@ -373,17 +407,27 @@ def build_score_critic(
         embedding.weight.copy_(rows)
     backbone.set_input_embeddings(embedding)
     backbone.config.vocab_size = rows.shape[0]
+    backbone.config.use_cache = False  # a critic never generates
     head = model.score_head
     backbone.requires_grad_(True)
     head.requires_grad_(True)
     if gradient_checkpointing:
-        backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        _enable_checkpointing(backbone)
     if lora_r > 0:
         backbone = _with_lora(backbone, lora_r, lora_alpha, option="--lora-r")
     return ScoreCritic(backbone, head).to(device).train()
 
 
-def _with_lora(model: Any, r: int, alpha: float | None, *, option: str) -> Any:
+def _enable_checkpointing(model: Any) -> None:
+    """Checkpoint every decoder layer, non-reentrant (frozen inputs under LoRA still get grads)."""
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5 name
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+
+
+def _with_lora(model: Any, r: int, alpha: int | None, *, option: str) -> Any:
     if importlib.util.find_spec("peft") is None:
         raise ValueError(f"{option} > 0 needs peft: `pip install peft`, or pass {option} 0")
     from peft import LoraConfig, get_peft_model
@@ -391,7 +435,9 @@ def _with_lora(model: Any, r: int, alpha: float | None, *, option: str) -> Any:
     from integrations.paper_plan import LORA_TARGETS
 
     config = LoraConfig(
-        r=r, lora_alpha=alpha if alpha is not None else 2 * r, lora_dropout=0.0,
+        r=r,
+        lora_alpha=alpha if alpha is not None else 2 * r,
+        lora_dropout=0.0,
         target_modules=list(LORA_TARGETS),
     )
     return get_peft_model(model, config)
@@ -419,7 +465,7 @@ def load_policy(
     device: str | torch.device = "cpu",
     gradient_checkpointing: bool = True,
     lora_r: int = 0,
-    lora_alpha: float | None = None,
+    lora_alpha: int | None = None,
 ) -> tuple[Any, Any, Callable[[str], str]]:
     """The policy to train: any causal LM (local folder or hub id), its tokenizer and chat format.
 
@@ -433,9 +479,9 @@ def load_policy(
     if lora_r < 0:
         raise ValueError(f"--lora-r must be >= 0, got {lora_r}")
     path = resolve_pretrained(name_or_path, option="--policy")
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+    model: Any = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
     if gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        _enable_checkpointing(model)
     if lora_r > 0:
         model = _with_lora(model, lora_r, lora_alpha, option="--lora-r")
     model.to(device).train()
@@ -443,6 +489,8 @@ def load_policy(
     tokenizer.padding_side = "left"
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
+    if model.generation_config.pad_token_id is None:  # silences generate()'s per-call warning
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
     return model, tokenizer, functools.partial(format_chat, tokenizer)
 
 
@@ -456,5 +504,5 @@ def load_reference(
     from transformers import AutoModelForCausalLM
 
     path = resolve_pretrained(name_or_path, option="--policy")
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+    model: Any = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
     return model.to(device).eval().requires_grad_(False)

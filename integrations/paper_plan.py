@@ -29,6 +29,7 @@ __all__ = [
     "ModelShape",
     "lora_param_count",
     "memory_plan",
+    "gib",
     "shape_from_config",
 ]
 
@@ -137,32 +138,34 @@ class ModelShape:
 
 def shape_from_config(config: Any) -> ModelShape:
     """Read a :class:`ModelShape` from a transformers config object or a config.json dict."""
-    get = config.get if isinstance(config, Mapping) else lambda k, d=None: getattr(config, k, d)
-    missing = [
-        k
-        for k in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers")
-        if get(k) is None
-    ]
+    fields: dict[str, Any] = dict(config) if isinstance(config, Mapping) else config.to_dict()
+    required = (
+        "vocab_size",
+        "hidden_size",
+        "intermediate_size",
+        "num_hidden_layers",
+        "num_attention_heads",
+    )
+    missing = [k for k in required if fields.get(k) is None]
     if missing:
         raise ValueError(
             f"config lacks {missing}: only LLaMA-family decoders (llama, mistral, ...) are "
             "supported by the paper preset"
         )
-    heads = int(get("num_attention_heads"))
-    hidden = int(get("hidden_size"))
-    kv_heads = get("num_key_value_heads")
-    head_dim = get("head_dim")
+    hidden, heads = int(fields["hidden_size"]), int(fields["num_attention_heads"])
+    kv_heads, head_dim = fields.get("num_key_value_heads"), fields.get("head_dim")
     return ModelShape(
-        vocab_size=int(get("vocab_size")),
+        vocab_size=int(fields["vocab_size"]),
         hidden_size=hidden,
-        intermediate_size=int(get("intermediate_size")),
-        num_layers=int(get("num_hidden_layers")),
+        intermediate_size=int(fields["intermediate_size"]),
+        num_layers=int(fields["num_hidden_layers"]),
         num_heads=heads,
         num_kv_heads=int(kv_heads) if kv_heads is not None else heads,
         head_dim=int(head_dim) if head_dim is not None else hidden // heads,
-        tie_word_embeddings=bool(get("tie_word_embeddings", False)),
-        score_dim=int(get("score_dim", 1) or 1),
-        score_bias=bool(get("score_bias", get("bias", False))),
+        tie_word_embeddings=bool(fields.get("tie_word_embeddings", False)),
+        score_dim=int(fields.get("score_dim") or 1),
+        # safe-rlhf's newer configs say "score_bias", older ones only "bias"
+        score_bias=bool(fields.get("score_bias", fields.get("bias", False))),
     )
 
 
@@ -171,7 +174,9 @@ def lora_param_count(shape: ModelShape, r: int, targets: Sequence[str] = LORA_TA
     lin = shape.linear_shapes()
     unknown = [t for t in targets if t not in lin]
     if unknown:
-        raise ValueError(f"LoRA targets {unknown} are not linear maps of a decoder layer {tuple(lin)}")
+        raise ValueError(
+            f"LoRA targets {unknown} are not linear maps of a decoder layer {tuple(lin)}"
+        )
     return shape.num_layers * sum(r * (lin[t][0] + lin[t][1]) for t in targets)
 
 
@@ -231,7 +236,7 @@ def memory_plan(
     lora_r: int = 0,
     probe: str | None = "lm_head",
     k: int = 2,
-    critic_init: Literal["head", "score"] = "head",
+    critic_init: Literal["head", "copy", "score"] = "head",
     quant: Quant = "bf16",
     micro_batch: int = 4,
     seq_len: int = 512,
@@ -247,15 +252,17 @@ def memory_plan(
     one ordinary gradient plus k copies of the probe's gradient. FSDP2 divides every sharded
     tensor (weights, gradients, bank, moments) by the world size and adds the unsharded root
     unit (embeddings + LM head) plus two decoder layers (current + prefetched) in bf16; frozen
-    scorers stay replicated. Activations: the peak of the policy's training pass, the critics'
+    scorers stay replicated; trained critics are sharded like the policy. Critics: ``head`` = one
+    fp32 value head per objective on the policy's hidden states, ``copy`` = a trained copy of the
+    policy's decoder + heads, ``score`` = one trained critic per score model. Activations: the peak of the policy's training pass, the critics'
     training pass and the generation KV cache (they never coexist).
     """
     if world_size < 1:
         raise ValueError(f"world_size must be >= 1, got {world_size}")
     if sharding not in ("ddp", "fsdp2"):
         raise ValueError(f"sharding must be 'ddp' or 'fsdp2', got {sharding!r}")
-    if critic_init not in ("head", "score"):
-        raise ValueError(f"critic_init must be 'head' or 'score', got {critic_init!r}")
+    if critic_init not in ("head", "copy", "score"):
+        raise ValueError(f"critic_init must be 'head', 'copy' or 'score', got {critic_init!r}")
     if quant not in _QUANT_LINEAR_BYTES:
         raise ValueError(f"quant must be one of {tuple(_QUANT_LINEAR_BYTES)}, got {quant!r}")
     if lora_r < 0:
@@ -296,10 +303,21 @@ def memory_plan(
     add((f"scorers x{len(scorers)} ({quant}, replicated)", scorer_bytes))
 
     critic_act = 0.0
-    if critic_init == "head":
-        # One fp32 linear value head [h -> 1] per objective on the policy's hidden states:
-        # weight + gradient + two AdamW moments = 16 B per parameter.
-        add((f"critics: {k} value heads (fp32)", 16.0 * k * (policy.hidden_size + 1)))
+    # Value heads are fp32 linear maps [h -> 1]: weight + gradient + two AdamW moments = 16 B per
+    # parameter; a trained bf16 trunk takes 8 B per parameter (weight, gradient, two moments).
+    heads = 16.0 * k * (policy.hidden_size + 1)
+    if critic_init == "head":  # on the policy's (detached) hidden states
+        add((f"critics: {k} value heads (fp32)", heads))
+    elif critic_init == "copy":  # one trained copy of the policy's decoder, k heads on top
+        add(
+            (
+                "critics: policy trunk copy + value heads",
+                8.0 * policy.backbone_params() * shard + heads,
+            )
+        )
+        critic_act = _activation_bytes(
+            policy, micro_batch, seq_len, logits=False, checkpointing=gradient_checkpointing
+        )
     else:
         critic_bytes = 0.0
         for s in scorers:
@@ -309,7 +327,7 @@ def memory_plan(
                 adapters = lora_param_count(s, lora_r)
                 critic_bytes += (2 * backbone + 16 * (adapters + head)) * shard
             else:
-                critic_bytes += (8 * (backbone + head)) * shard  # bf16 weight, grad, 2 moments
+                critic_bytes += (8 * backbone + 16 * head) * shard
             critic_act = max(
                 critic_act,
                 _activation_bytes(
@@ -322,7 +340,12 @@ def memory_plan(
         policy, micro_batch, seq_len, logits=True, checkpointing=gradient_checkpointing
     )
     kv_cache = 2 * 2 * policy.num_layers * policy.kv_width * micro_batch * seq_len
-    add(("activations (peak of train pass / critic pass / KV cache)", max(policy_act, critic_act, kv_cache)))
+    add(
+        (
+            "activations (peak of train pass / critic pass / KV cache)",
+            max(policy_act, critic_act, kv_cache),
+        )
+    )
 
     if sharding == "fsdp2":
         root = policy.vocab_size * policy.hidden_size + policy.lm_head_params() + policy.hidden_size

@@ -95,11 +95,13 @@ class Config:
         "MOGD probe module name (e.g. lm_head) or 'full' for full mode; None = the "
         "preset's choice (full on tiny)",
     )
-    critic: str | None = _opt(
+    critic_init: str | None = _opt(
         None,
-        "critic: 'copy' (a separate trunk) or 'head' (value heads on the policy's detached "
-        "features, no second model); None = copy on tiny, head otherwise",
-        choices=("copy", "head"),
+        "critic: 'copy' (a separate copy of the SFT trunk + one value head per stream), 'head' "
+        "(value heads on the policy's detached features, no second model) or 'score' (one "
+        "critic per objective from its score model, mistral-7b); None = copy on tiny, head "
+        "on mistral-7b",
+        choices=("copy", "head", "score"),
     )
     # -- schedule
     steps: int = _opt(60, "PPO iterations (rollout + update)")
@@ -140,15 +142,18 @@ class Config:
     seed: int = _opt(0, "random seed")
     out: str | None = _opt(None, "run directory; None = runs/<preset>-<method>-seed<seed>")
     save_every: int = _opt(20, "checkpoint every N iterations (and at the end)")
-    eval_prompts: int = _opt(64, "held-out prompts evaluated at the end (0: skip)")
+    eval_size: int = _opt(64, "held-out prompts evaluated at the end (0: skip)")
+    sft_seed: int = _opt(0, "seed of the tiny preset's SFT warm-up (cached per seed)")
     cache_dir: str = _opt(".cache/mogd-tiny", "tiny preset cache (tokenizer, SFT weights)")
-    device: str = _opt("cuda" if torch.cuda.is_available() else "cpu", "torch device")
+    device: str | None = _opt(None, "torch device; None = cuda:$LOCAL_RANK if CUDA, else cpu")
     progress: bool = _opt(True, "tqdm progress bar", action=argparse.BooleanOptionalAction)
     plots: bool = _opt(True, "write plots.png at the end", action=argparse.BooleanOptionalAction)
     resume: str | None = _opt(None, "run directory to continue (its config.json is reused)")
     dry_run: bool = _opt(
         False, "print the memory plan (mistral-7b) or config and exit", action="store_true"
     )
+    # options of the preset itself (integrations.paper.PAPER_OPTIONS for mistral-7b), by dest
+    preset_options: dict[str, Any] = field(default_factory=dict, metadata={"cli": False})
 
 
 # Fields that do not change the trained parameters: excluded from the config hash.
@@ -159,8 +164,9 @@ BOOKKEEPING = {
     "plots",
     "resume",
     "dry_run",
-    "eval_prompts",
+    "eval_size",
     "cache_dir",
+    "device",
 }
 
 
@@ -236,7 +242,7 @@ def validate(cfg: Config) -> None:
         "entropy_coef",
         "lambda_lr",
         "lambda_update_delay",
-        "eval_prompts",
+        "eval_size",
     ):
         if getattr(cfg, name) < 0:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 0; got {getattr(cfg, name)}")
@@ -259,6 +265,9 @@ def validate(cfg: Config) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """Every Config field as --option (with its default in --help), plus the 7B preset's own."""
+    from integrations.paper import add_paper_arguments  # config arithmetic only: light
+
     parser = argparse.ArgumentParser(
         prog="rlhf_mistral.py",
         description="Multi-objective RLHF (PPO + mogd.MOGD), paper App. B. Subcommands "
@@ -266,15 +275,17 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     for f in dataclasses.fields(Config):
+        if f.metadata.get("cli") is False:
+            continue
         kwargs = dict(f.metadata)
         if "action" not in kwargs and "type" not in kwargs:
             base = type(f.default) if f.default is not None else str
-            kwargs["type"] = {bool: bool, int: int, float: float}.get(base, str)
+            kwargs["type"] = {int: int, float: float}.get(base, str)
             if f.name in ("max_grad_norm", "clip_value", "lambda_max"):
                 kwargs["type"] = _float_or_none
-        parser.add_argument(
-            "--" + f.name.replace("_", "-"), dest=f.name, default=f.default, **kwargs
-        )
+        flag = "--" + f.name.replace("_", "-")
+        parser.add_argument(flag, dest=f.name, default=f.default, **kwargs)
+    add_paper_arguments(parser)
     return parser
 
 
@@ -282,8 +293,23 @@ def _float_or_none(text: str) -> float | None:
     return None if text.lower() == "none" else float(text)
 
 
+def _config_from(parser: argparse.ArgumentParser, values: dict[str, Any]) -> Config:
+    """Split parsed values into Config fields and the preset's own options."""
+    names = {f.name for f in dataclasses.fields(Config)}
+    cfg = Config(**{k: v for k, v in values.items() if k in names})
+    extra = {k: v for k, v in values.items() if k not in names}
+    if cfg.preset == "tiny":
+        for dest, value in extra.items():
+            if value != parser.get_default(dest):
+                flag = "--" + dest.replace("_", "-")
+                raise ValueError(f"{flag} is an option of --preset mistral-7b, not of tiny")
+    else:
+        cfg.preset_options = extra
+    return cfg
+
+
 def parse_config(argv: Sequence[str] | None = None) -> Config:
-    """Config from the command line; with --resume, the run's config.json plus nothing else.
+    """Config from the command line; with --resume, the run's config.json.
 
     Options given next to --resume must agree with the saved configuration (a resumed run must
     retrace the uninterrupted one), except the bookkeeping ones (progress bar, plots, ...).
@@ -291,37 +317,46 @@ def parse_config(argv: Sequence[str] | None = None) -> Config:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.resume is None:
-        cfg = Config(**vars(args))
+        cfg = _config_from(parser, vars(args))
+        cfg.critic_init = cfg.critic_init or ("copy" if cfg.preset == "tiny" else "head")
         validate(cfg)
         return cfg
-    saved_path = Path(args.resume) / "config.json"
-    if not saved_path.is_file():
-        raise ValueError(f"--resume {args.resume}: no config.json there (not a run directory)")
+    run = Path(args.resume)
     try:
-        saved = json.loads(saved_path.read_text())
-        cfg = Config(**saved)
+        cfg = Config(**json.loads((run / "config.json").read_text()))
+    except FileNotFoundError as err:
+        raise ValueError(f"--resume {run}: no config.json there (not a run directory)") from err
     except (json.JSONDecodeError, TypeError) as err:
-        raise ValueError(f"--resume {args.resume}: config.json is unreadable ({err})") from err
+        raise ValueError(f"--resume {run}: config.json is unreadable ({err})") from err
     # Which options were typed: parse again with every default suppressed.
-    explicit = argparse.ArgumentParser(add_help=False, argument_default=argparse.SUPPRESS)
+    typed = argparse.ArgumentParser(add_help=False, argument_default=argparse.SUPPRESS)
     for action in parser._actions:
         if action.option_strings and action.dest != "help":
-            explicit._add_action(copy.copy(action))
-            explicit._actions[-1].default = argparse.SUPPRESS
-    given = vars(explicit.parse_args(argv))
-    for name, value in given.items():
+            clone = copy.copy(action)
+            clone.default = argparse.SUPPRESS
+            typed._add_action(clone)
+    for name, value in vars(typed.parse_args(argv)).items():
         if name == "resume":
             continue
         if name in BOOKKEEPING - {"out"}:
             setattr(cfg, name, value)
-        elif value != getattr(cfg, name):
+            continue
+        saved = getattr(cfg, name) if hasattr(cfg, name) else cfg.preset_options.get(name)
+        if value != saved:
+            flag = "--" + name.replace("_", "-")
             raise ValueError(
-                f"--{name.replace('_', '-')} {value} differs from the resumed run's "
-                f"{getattr(cfg, name)!r}; a resumed run keeps its configuration"
+                f"{flag} {value} differs from the resumed run's {saved!r}; a resumed run keeps "
+                "its configuration"
             )
-    cfg.out, cfg.resume = str(Path(args.resume)), str(Path(args.resume))
+    cfg.out = cfg.resume = str(run)
     validate(cfg)
     return cfg
+
+
+def preset_namespace(cfg: Config) -> argparse.Namespace:
+    """What a preset's builder reads: the Config fields and the preset's own options."""
+    values = {k: v for k, v in dataclasses.asdict(cfg).items() if k != "preset_options"}
+    return argparse.Namespace(**values, **cfg.preset_options)
 
 
 # ----------------------------------------------------------------------------- processes, seeds
@@ -456,15 +491,64 @@ class Critic(nn.Module):
         return self.heads(h.float()).permute(2, 0, 1)
 
 
+class ScoreCritics(nn.Module):
+    """One critic per stream, each initialised from its objective's score model (Safe RLHF's
+    choice; ``--critic-init score``, built by integrations.paper.build_score_critics)."""
+
+    def __init__(self, critics: Sequence[nn.Module]) -> None:
+        super().__init__()
+        self.critics = nn.ModuleList(critics)
+
+    def forward(
+        self,
+        ids: torch.Tensor,
+        attn: torch.Tensor,
+        prompt_len: int,
+        policy_hidden: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        return torch.stack([c(ids, attn)[:, prompt_len - 1 : -1] for c in self.critics])
+
+
+def build_critic(cfg: Config, setup: Any, plan: Plan, device: str) -> nn.Module:
+    """The critic of ``cfg.critic_init`` with one value per stream of ``plan``."""
+    policy = setup.policy
+    if cfg.critic_init == "score":
+        if cfg.preset == "tiny" or plan.streams == ["scalarised"]:
+            raise ValueError(
+                "--critic-init score needs a score model per stream: mistral-7b preset and a "
+                "method whose streams are objectives (not morlhf)"
+            )
+        from integrations.paper import build_score_critics
+
+        critics = build_score_critics(preset_namespace(cfg), setup)
+        order = list(PRESET_OBJECTIVES[cfg.preset])
+        return ScoreCritics([critics[order.index(name)] for name in plan.streams])
+    trunk = None
+    if cfg.critic_init == "copy":
+        trunk = copy.deepcopy(policy.get_decoder())
+        trunk.requires_grad_(True)
+    return Critic(trunk, policy.config.hidden_size, len(plan.streams)).to(device)
+
+
+def resolve_device(cfg: Config) -> str:
+    if cfg.device:
+        return cfg.device
+    if torch.cuda.is_available():
+        return f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+    return "cpu"
+
+
 def build_setup(cfg: Config) -> Any:
     """The preset's Setup (imported lazily: the 7B preset pulls in heavy dependencies)."""
     if cfg.preset == "tiny":
         from integrations.tiny import build_tiny_setup
 
-        return build_tiny_setup(cfg.cache_dir, seed=cfg.seed, device=cfg.device)
+        return build_tiny_setup(cfg.cache_dir, seed=cfg.sft_seed, device=resolve_device(cfg))
     from integrations.paper import build_paper_setup
 
-    return build_paper_setup(cfg)
+    ns = preset_namespace(cfg)
+    ns.device = resolve_device(cfg)
+    return build_paper_setup(ns)
 
 
 def select_scorers(cfg: Config, setup: Any) -> list[Any]:
@@ -511,7 +595,7 @@ def generate(setup: Any, model: nn.Module, prompts: list[str], cfg: Config) -> R
         return_tensors="pt",
         padding=True,
         add_special_tokens=False,
-    ).to(cfg.device)
+    ).to(model.device)
     out = model.generate(
         **enc,
         do_sample=True,
@@ -628,7 +712,8 @@ def train(cfg: Config) -> Path:
 
     import mogd
 
-    d = init_distributed(cfg.device)
+    device = resolve_device(cfg)
+    d = init_distributed(device)
     out = Path(cfg.out or f"runs/{cfg.preset}-{cfg.method}-seed{cfg.seed}")
     cfg.out = str(out)
     resume_state = load_checkpoint(out, cfg) if cfg.resume else None
@@ -650,12 +735,8 @@ def train(cfg: Config) -> Path:
     policy = setup.policy
     policy.eval()  # no dropout in rollouts or updates: the old and new log-probs must agree
     reference = setup.reference
-    critic_mode = cfg.critic or ("copy" if cfg.preset == "tiny" else "head")
-    trunk = None
-    if critic_mode == "copy":
-        trunk = copy.deepcopy(policy.get_decoder())
-        trunk.requires_grad_(True)
-    critic = Critic(trunk, policy.config.hidden_size, len(plan.streams)).to(cfg.device)
+    critic = build_critic(cfg, setup, plan, device)
+    head_critic = cfg.critic_init == "head"  # values read the policy's own hidden states
     probe_name = cfg.probe if cfg.probe is not None else setup.probe_default
     probe = None if probe_name in (None, "full") else find_module(policy, probe_name)
 
@@ -709,12 +790,12 @@ def train(cfg: Config) -> Path:
         ro = generate(setup, policy, prompts, cfg)
         raw = score(scorers, ro)  # [K, B]
         rewards = objective_rewards(scorers, raw).clamp(-cfg.score_clip, cfg.score_clip)
-        stream_scores = (plan.mix @ rewards).to(cfg.device)  # [S, B]
+        stream_scores = (plan.mix @ rewards).to(device)  # [S, B]
 
         # 3. old log-probs, reference log-probs, values; KL-shaped rewards and GAE per stream
         with torch.no_grad():
             old_logp, _, hidden = forward_response(
-                policy, ro.ids, ro.attn, ro.prompt_len, cfg.temperature, hidden=trunk is None
+                policy, ro.ids, ro.attn, ro.prompt_len, cfg.temperature, hidden=head_critic
             )
             if reference is not None:
                 ref_logp, _, _ = forward_response(
@@ -757,7 +838,7 @@ def train(cfg: Config) -> Path:
                     ro.attn[mb],
                     ro.prompt_len,
                     cfg.temperature,
-                    hidden=trunk is None,
+                    hidden=head_critic,
                 )
                 entropy = ppo.entropy_from_logits(logits, mask[mb])
                 losses = []
@@ -822,10 +903,10 @@ def train(cfg: Config) -> Path:
     if d.main:
         if cfg.plots:
             plot_metrics(out)
-        if cfg.eval_prompts > 0:
+        if cfg.eval_size > 0:
             from integrations.evaluate import evaluate_policy, write_eval
 
-            result = evaluate_policy(setup, policy, cfg, n_prompts=cfg.eval_prompts)
+            result = evaluate_policy(setup, policy, cfg, n_prompts=cfg.eval_size)
             write_eval(out / "eval.json", result)
     if d.world > 1:
         dist.barrier()
@@ -1126,7 +1207,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if cfg.preset == "mistral-7b":
             from integrations.paper import dry_run
 
-            print(dry_run(cfg))
+            print(dry_run(preset_namespace(cfg)))
         else:
             print(json.dumps(dataclasses.asdict(cfg), indent=2))
         return 0

@@ -79,7 +79,7 @@ def combine_triton(
     block_n: int | None = None,
     num_warps: int | None = None,
 ) -> torch.Tensor:
-    """d = Σ_i w_i J[i] in one fused pass (DESIGN §1: the direction handed to the inner optimizer).
+    """d = Σ_i w_i J[i] in one fused pass: the update direction of paper Eq. 7–8 (DESIGN §1).
 
     Args:
         J: [k, n] tensor, fp32 / bf16 / fp16 / float64, unit stride along n (any row stride), on

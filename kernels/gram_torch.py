@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import torch
 
 SEGMENT = 1024  # elements per fp32 partial dot product
-CHUNK = 1 << 20  # elements per objective per batched matmul (amortises the call overhead)
+CHUNK = 1 << 22  # elements per objective per batched matmul (amortises the call overhead)
 
 
 def gram_reference(J: torch.Tensor) -> torch.Tensor:

@@ -7,8 +7,9 @@ tensor cores, where k(k+1)/2 dot products per element are free next to the load.
 
 Layout of the work (all sizes are ``constexpr``):
 
-* A persistent grid of ``programs`` (≈ 4 per SM) strides over *blocks* of ``BATCH·FOLD·BLOCK``
-  consecutive columns.
+* A persistent grid (one full wave: as many programs as are resident at once, from the compiled
+  kernel's registers and shared memory) strides over *blocks* of ``BATCH·FOLD·BLOCK`` consecutive
+  columns; each program keeps its accumulator in registers and writes one partial at the end.
 * Each block is loaded as one ``[BATCH, ROWS, BLOCK]`` tile. ``tl.dot`` needs M, N, K ≥ 16, so with
   few objectives the tile is *folded*: ROWS = 16 tile rows hold FOLD = 16 / KP column chunks of each
   of the KP = next_pow2(k) rows (tile row m = r·FOLD + s holds chunk s of gradient r). The dot then
@@ -16,6 +17,7 @@ Layout of the work (all sizes are ``constexpr``):
   the host), the rest is wasted tensor-core work, never wasted memory traffic. Folding beats padding
   J to 16 rows: padded rows would cost no DRAM traffic either, but they would fill registers,
   shared memory and the layout conversions feeding the MMA with zeros (8× for k = 2).
+  For 17 <= k <= 32 the tile has ROWS = 32 and no folding; larger k is refused (``MAX_K``).
 * The leading BATCH (= num_warps) axis makes the dot a batched one, which Triton maps one batch per
   warp (``warpsPerTileV2`` returns [num_warps, 1, 1] for rank 3): every warp multiplies its own
   slice, none repeats another's MMAs as a 16×16 2-D dot split over 4 warps would.
@@ -23,8 +25,8 @@ Layout of the work (all sizes are ``constexpr``):
   [KP, KP, BLOCK] product tensor (KP²·BLOCK/threads registers, 512 per thread at k = 16 with
   BLOCK = 1024) or a cross-thread reduction per pair per block; its FMA count (k² per column) would
   also make k ≥ 8 fp32 compute-bound on the CUDA cores. The tensor cores do it for free.
-* Precision: 16-bit inputs go to the tensor cores as they are (bf16·bf16 and fp16·fp16 products are
-  exact in fp32, accumulated in fp32). fp32 inputs use ``input_precision="bf16x6"``: each operand is
+* Precision: 16-bit inputs go to the tensor cores as they are, at the backend's default precision
+  (bf16·bf16 and fp16·fp16 products are exact in fp32, accumulated in fp32). fp32 inputs use ``input_precision="bf16x6"``: each operand is
   split into three bf16 parts (hi + mid + lo carry all 24 mantissa bits) and the six significant
   partial products are summed in fp32, i.e. fp32-accurate products on the tensor cores. The default
   "tf32" would keep 10 mantissa bits (≈1e-3 relative error per product); "ieee" would run the whole
@@ -42,7 +44,6 @@ Layout of the work (all sizes are ``constexpr``):
 from __future__ import annotations
 
 import contextlib
-import functools
 
 import torch
 import triton
@@ -57,25 +58,65 @@ MAX_K = 32  # largest k one tile holds (ROWS = 32); larger banks take the torch 
 TILE_BYTES = 16384  # bytes of J per block: BLOCK = TILE_BYTES / (BATCH·ROWS·itemsize)
 NUM_WARPS = 4  # also the batch size of the dot: one batch slice per warp
 NUM_STAGES = 3  # software-pipelined loads in flight per program
-PROGRAMS_PER_SM = 4  # persistent grid size per SM (registers allow ~4 CTAs of 128 threads)
 INTERPRETER_PROGRAMS = 4  # grid size under TRITON_INTERPRET=1 (no SMs to count)
 
 _DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
 @triton.jit
+def _mma(a, b, UPCAST: tl.constexpr):
+    """Batched a @ bᵀ with fp32 accumulation; 16-bit a, b are multiplied exactly."""
+    if UPCAST:  # Triton's interpreter multiplies bf16 as raw bits: widen (exact) there
+        a = a.to(tl.float32)
+        b = b.to(tl.float32)
+    return tl.dot(a, tl.trans(b, 0, 2, 1))
+
+
+@triton.jit
+def _zero_nan(x):
+    return tl.where(x != x, 0.0, x)
+
+
+@triton.jit
+def _block_gram(ptrs, mask, SPLIT: tl.constexpr, UPCAST: tl.constexpr):
+    """Float64 [BATCH, ROWS, ROWS] partial Grams of one tile: (symmetric part, cross part).
+
+    The block's Gram is sym + cross + crossᵀ. 16-bit tiles are multiplied as they are. fp32 tiles
+    are split x = hi + mid + lo into bf16 parts (each residual is exact in fp32, so hi + mid + lo
+    carries all 24 bits) and x xᵀ = hi hiᵀ + mid midᵀ + (hi midᵀ + hi loᵀ) + (…)ᵀ up to the
+    mid·lo and lo·lo terms, below 2^-24 relative: fp32-exact products in four bf16 MMAs.
+    As in Triton's own bf16x3 split, NaNs of the small terms are dropped so that an infinite
+    gradient entry gives inf (through hi hiᵀ), not NaN.
+    """
+    x = tl.load(ptrs, mask=mask, other=0.0)
+    if SPLIT:
+        hi = x.to(tl.bfloat16)
+        rest = x - hi.to(tl.float32)
+        mid = rest.to(tl.bfloat16)
+        lo = (rest - mid.to(tl.float32)).to(tl.bfloat16)
+        sym = _mma(hi, hi, UPCAST) + _zero_nan(_mma(mid, mid, UPCAST))
+        cross = _zero_nan(_mma(hi, mid, UPCAST) + _mma(hi, lo, UPCAST))
+        return sym.to(tl.float64), cross.to(tl.float64)
+    sym = _mma(x, x, UPCAST)
+    return sym.to(tl.float64), tl.zeros_like(sym).to(tl.float64)
+
+
+# Runtime sizes are not specialized (on divisibility by 16 or == 1): they vary from call to call
+# and would only cost recompilations; the vectorized loads do not depend on them.
+@triton.jit(do_not_specialize=["n", "num_full", "tail_owner"])
 def _gram_partials_kernel(
     J,
     stride_row,
     partials,
     k,
     n,
-    num_blocks,
+    num_full,
+    tail_owner,
     BATCH: tl.constexpr,
     ROWS: tl.constexpr,
     FOLD: tl.constexpr,
     BLOCK: tl.constexpr,
-    PRECISION: tl.constexpr,
+    SPLIT: tl.constexpr,
     UPCAST: tl.constexpr,
     NUM_STAGES: tl.constexpr,
 ):
@@ -85,34 +126,60 @@ def _gram_partials_kernel(
     m = tl.arange(0, ROWS)[None, :, None]
     c = tl.arange(0, BLOCK)[None, None, :]
     row = m // FOLD  # gradient held by tile row m
-    row_ptr = J + row.to(tl.int64) * stride_row
-    chunk = (b * FOLD + m % FOLD) * BLOCK + c  # column of the element inside its block
     row_ok = row < k
+    chunk = (b * FOLD + m % FOLD) * BLOCK + c  # column of the element inside its block
+    first = J + row.to(tl.int64) * stride_row + chunk  # the tile of block 0
     cols_per_block = BATCH * FOLD * BLOCK
-    # int64 column offsets: n·itemsize may exceed 2**31 for a 7B-parameter bank.
-    start = pid.to(tl.int64) * cols_per_block
-    step = num_programs.to(tl.int64) * cols_per_block
-    acc = tl.zeros([BATCH, ROWS, ROWS], dtype=tl.float64)
-    for _ in tl.range(pid, num_blocks, num_programs, num_stages=NUM_STAGES):
-        col = start + chunk
-        x = tl.load(row_ptr + col, mask=row_ok & (col < n), other=0.0)
-        if UPCAST:
-            x = x.to(tl.float32)
-        part = tl.dot(x, tl.trans(x, 0, 2, 1), input_precision=PRECISION)
-        acc += part.to(tl.float64)
-        start += step
-    total = tl.sum(acc, axis=0)
+    acc_sym = tl.zeros([BATCH, ROWS, ROWS], dtype=tl.float64)
+    acc_cross = tl.zeros([BATCH, ROWS, ROWS], dtype=tl.float64)
+    # Full blocks carry no column mask: a mask that varies along the contiguous axis (n is rarely
+    # a multiple of 16) would stop Triton from vectorizing the loads (16-byte cp.async).
+    # int64 offsets: n·itemsize may exceed 2**31 for a 7B-parameter bank.
+    for blk in tl.range(pid, num_full, num_programs, num_stages=NUM_STAGES):
+        offset = tl.cast(blk, tl.int64) * cols_per_block
+        sym, cross = _block_gram(first + offset, row_ok, SPLIT, UPCAST)
+        acc_sym += sym
+        acc_cross += cross
+    if pid == tail_owner:  # the ragged last block, masked; -1 when n is a multiple of the block
+        offset = tl.cast(num_full, tl.int64) * cols_per_block
+        sym, cross = _block_gram(first + offset, row_ok & (offset + chunk < n), SPLIT, UPCAST)
+        acc_sym += sym
+        acc_cross += cross
     i = tl.arange(0, ROWS)
-    tl.store(partials + pid * ROWS * ROWS + i[:, None] * ROWS + i[None, :], total)
+    out = partials + pid * 2 * ROWS * ROWS + i[:, None] * ROWS + i[None, :]
+    tl.store(out, tl.sum(acc_sym, axis=0))
+    tl.store(out + ROWS * ROWS, tl.sum(acc_cross, axis=0))
 
 
 INTERPRETED = isinstance(_gram_partials_kernel, InterpretedFunction)
 """True when TRITON_INTERPRET=1 was set before triton was imported (kernels run on CPU tensors)."""
 
 
-@functools.cache
-def _sm_count(index: int) -> int:
-    return torch.cuda.get_device_properties(index).multi_processor_count
+_RESIDENT: dict[tuple, int] = {}  # (device, dtype, launch config) -> programs resident per SM
+
+
+def _resident_programs(J: torch.Tensor, args: tuple, meta: dict) -> int:
+    """Persistent grid size: the programs that fit on the device at once (one full wave).
+
+    Sized from the compiled kernel's registers and shared memory (as in Triton's fused-softmax
+    tutorial), so that no program waits for a second wave and finishes late.
+    """
+    index = J.device.index if J.device.index is not None else torch.cuda.current_device()
+    key = (index, J.dtype, tuple(sorted(meta.items())))
+    if key not in _RESIDENT:
+        compiled = _gram_partials_kernel.warmup(*args, **meta, grid=(1,))
+        threads = 32 * meta["num_warps"]
+        by_threads = 2048 // threads  # resident threads per SM on sm_80 / sm_90
+        if compiled is None:  # asynchronous compilation: no binary to inspect yet
+            _RESIDENT[key] = min(4, by_threads)
+        else:
+            compiled._init_handles()
+            props = triton.runtime.driver.active.utils.get_device_properties(index)
+            by_regs = props["max_num_regs"] // max(1, compiled.n_regs * threads)
+            by_smem = props["max_shared_mem"] // max(1, compiled.metadata.shared)
+            _RESIDENT[key] = max(1, min(by_regs, by_smem, by_threads))
+    sms = torch.cuda.get_device_properties(index).multi_processor_count
+    return _RESIDENT[key] * sms
 
 
 def _check_power_of_two(name: str, value: int, minimum: int) -> None:
@@ -152,7 +219,8 @@ def gram_triton(
         block_n: columns per tile chunk (power of two >= 16). Default: ``TILE_BYTES`` of J per
             block. Tests shrink it to reach several blocks with a small n.
         num_warps: warps per program, also the batch size of the dot (power of two). Default 4.
-        programs: size of the persistent grid. Default: 4 per SM.
+        programs: size of the persistent grid. Default on CUDA: as many programs as are resident
+            at once (from the compiled kernel's registers and shared memory).
 
     Returns:
         float64 [k, k] tensor on J.device, exactly symmetric. Products are fp32-exact, sums are fp32
@@ -175,42 +243,36 @@ def gram_triton(
     if block is None:
         block = max(16, TILE_BYTES // (warps * rows * J.element_size()))
     _check_power_of_two("block_n", block, 16)
-    num_blocks = triton.cdiv(n, warps * fold * block)
-    if programs is None:
-        if J.device.type == "cuda":
-            programs = PROGRAMS_PER_SM * _sm_count(J.device.index or torch.cuda.current_device())
-        else:
-            programs = INTERPRETER_PROGRAMS
-    if not isinstance(programs, int) or programs < 1:
-        raise ValueError(f"programs must be a positive int, got {programs!r}")
-    grid = min(programs, num_blocks)
-
-    if J.dtype == torch.float32:
-        precision = "ieee" if INTERPRETED else "bf16x6"
-    else:
-        precision = "ieee"  # ignored for 16-bit operands: the MMA multiplies them exactly
-    # The interpreter's tl.dot multiplies bf16 as raw uint16 bits; widen there (exact, same sums).
-    upcast = INTERPRETED and J.dtype == torch.bfloat16
-
-    partials = torch.empty(grid, rows, rows, dtype=torch.float64, device=J.device)
+    cols_per_block = warps * fold * block
+    num_full, tail = divmod(n, cols_per_block)
+    num_blocks = num_full + (tail > 0)
+    meta = {
+        "BATCH": warps,
+        "ROWS": rows,
+        "FOLD": fold,
+        "BLOCK": block,
+        "SPLIT": J.dtype == torch.float32,
+        "UPCAST": INTERPRETED,
+        "NUM_STAGES": NUM_STAGES,
+        "num_warps": warps,
+    }
     on_cuda = J.device.type == "cuda"
     with torch.cuda.device(J.device) if on_cuda else contextlib.nullcontext():
-        _gram_partials_kernel[(grid,)](
-            J,
-            J.stride(0),
-            partials,
-            k,
-            n,
-            num_blocks,
-            BATCH=warps,
-            ROWS=rows,
-            FOLD=fold,
-            BLOCK=block,
-            PRECISION=precision,
-            UPCAST=upcast,
-            NUM_STAGES=NUM_STAGES,
-            num_warps=warps,
-        )
-    folded = partials.sum(0)  # fixed-order float64 reduction over the programs' partials
+        if programs is None:
+            if on_cuda and not INTERPRETED:
+                scratch = torch.empty(1, dtype=torch.float64, device=J.device)
+                args = (J, J.stride(0), scratch, k, n, num_full, -1)
+                programs = _resident_programs(J, args, meta)
+            else:
+                programs = INTERPRETER_PROGRAMS
+        if not isinstance(programs, int) or programs < 1:
+            raise ValueError(f"programs must be a positive int, got {programs!r}")
+        grid = min(programs, num_blocks)
+        # The ragged block goes to the program next in line after the full blocks.
+        tail_owner = num_full % grid if tail else -1
+        partials = torch.empty(grid, 2, rows, rows, dtype=torch.float64, device=J.device)
+        _gram_partials_kernel[(grid,)](J, J.stride(0), partials, k, n, num_full, tail_owner, **meta)
+    sym, cross = partials.sum(0)  # fixed-order float64 reduction over the programs' partials
+    folded = sym + cross + cross.T
     G = folded.view(kp, fold, kp, fold).diagonal(dim1=1, dim2=3).sum(-1)[:k, :k]
-    return torch.triu(G) + torch.triu(G, 1).mT
+    return torch.triu(G) + torch.triu(G, 1).mT  # exactly symmetric (MMA sums need not be)

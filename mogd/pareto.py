@@ -96,9 +96,7 @@ def pareto_front(points: Any, maximize: bool | Sequence[bool] = True) -> np.ndar
     return front.reshape(-1, pts.shape[1])
 
 
-def hypervolume(
-    points: Any, reference: Any, maximize: bool | Sequence[bool] = True
-) -> float:
+def hypervolume(points: Any, reference: Any, maximize: bool | Sequence[bool] = True) -> float:
     """Hypervolume indicator: the Lebesgue measure of the region dominated by the points and
     bounded by the reference point.
 

@@ -18,7 +18,9 @@ def grid_hypervolume(points, ref):
     points = np.asarray(points, dtype=np.float64)
     ref = np.asarray(ref, dtype=np.float64)
     d = ref.shape[0]
-    axes = [np.unique(np.concatenate([[ref[j]], points[:, j][points[:, j] > ref[j]]])) for j in range(d)]
+    axes = [
+        np.unique(np.concatenate([[ref[j]], points[:, j][points[:, j] > ref[j]]])) for j in range(d)
+    ]
     total = 0.0
     for cell in itertools.product(*[range(len(a) - 1) for a in axes]):
         lo = np.array([axes[j][c] for j, c in enumerate(cell)])
@@ -51,9 +53,8 @@ def test_non_dominated_by_hand():
     )
     assert non_dominated(pts).tolist() == [True, True, False, True, False, True, False]
     # Minimising flips the picture: [1, 1] dominates all but [0, 5] (better in the first objective).
-    assert non_dominated(pts, maximize=False).tolist() == [
-        False, False, False, False, True, False, True,
-    ]
+    expected_min = [False, False, False, False, True, False, True]
+    assert non_dominated(pts, maximize=False).tolist() == expected_min
     # Mixed: maximise the first objective, minimise the second.
     assert np.flatnonzero(non_dominated(pts, maximize=[True, False])).tolist() == [3]
 

@@ -27,9 +27,7 @@ ROUND_TOL = 1e-12  # float64 rounding of w^T G w relative to max G_ii (|w^T|G|w|
 
 FAMILIES = ("full", "common", "lowrank", "duplicate", "antipodal", "zero", "lowdim", "inhull")
 SCALES = ("unit", "global", "mixed", "both")
-SETTINGS = settings(
-    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow]
-)
+SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 # ---------------------------------------------------------------------------------------------

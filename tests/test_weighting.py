@@ -22,9 +22,7 @@ import mogd
 
 KKT_TOL = 1e-9
 VALUE_TOL = 2 * KKT_TOL + 1e-12
-SETTINGS = settings(
-    max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow]
-)
+SETTINGS = settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 P_VALUES = (0.0, 0.5, 1.0, 2.0, 3.0)
 
 
@@ -189,17 +187,31 @@ def test_gapo_p1_k2_is_half_half(seed, log_scales, n):
 
 
 def interior_case(rng, k, p):
-    """Random gradients whose rescaled min-norm point (by the reference) is interior."""
-    for _ in range(1000):
-        J = rng.standard_normal((k, k + 3)) * 0.6 + rng.standard_normal(k + 3)
-        J *= rng.uniform(0.3, 3.0, size=(k, 1))
-        G = J @ J.T
-        G = (G + G.T) / 2
-        Gt, n = rescaled_gram(G, p)
-        v, a = ref_min_norm(Gt)
-        if a.min() > 0.02 and v > 1e-2 * np.max(np.diag(Gt)):
-            return G, n
-    raise AssertionError("no interior case found")
+    """Gradients whose rescaled min-norm point is a known interior alpha. Build g~_i = u + v_i with
+    v_i orthogonal to u and sum_i alpha_i v_i = 0: then sum_i alpha_i g~_i = u and
+    <u, g~_i> = ||u||^2 for all i, the KKT conditions with every alpha_i > 0. The raw gradients
+    are g_i = n_i^p g~_i with n_i = ||g_i||, i.e. n_i^(1-p) = ||g~_i|| (p = 1: any n_i, unit g~_i)."""
+    dim = k + 3
+    alpha = rng.dirichlet(np.ones(k)) * 0.8 + 0.2 / k
+    u = rng.standard_normal(dim)
+    u /= np.linalg.norm(u)
+    v = rng.standard_normal((k, dim))
+    v -= np.outer(v @ u, u)
+    if p == 1.0:  # equal norms so that the g~_i are unit vectors: 0 = sum_{i<k} b_i v_i + s v_k
+        v /= np.linalg.norm(v, axis=1, keepdims=True)
+        b = alpha[:-1]
+        s = np.linalg.norm(b @ v[:-1])
+        v[-1] = -(b @ v[:-1]) / s
+        alpha = np.append(b, s) / (b.sum() + s)
+        gt = 0.6 * u + 0.8 * v  # unit rows
+        n = 10.0 ** rng.uniform(-2, 2, size=k)
+    else:
+        v -= alpha @ v
+        gt = u + v
+        n = np.linalg.norm(gt, axis=1) ** (1.0 / (1.0 - p))
+    J = gt * (n**p)[:, None]
+    G = J @ J.T
+    return (G + G.T) / 2, n, alpha
 
 
 @pytest.mark.parametrize("p", [0.0, 0.5, 1.0, 2.0, 3.0])
@@ -208,21 +220,26 @@ def test_theorem_3_3_progress_ratio(p, k):
     """Paper Thm 3.3: for interior alpha, <d, g_i> / <d, g_j> = n_i^p / n_j^p (d = sum w_i g_i)."""
     rng = np.random.default_rng(1000 * k + int(10 * p))
     for _ in range(5):
-        G, n = interior_case(rng, k, p)
-        w = mogd.GAPO(p=p)(torch.from_numpy(G)).numpy()
-        progress = G @ w  # <d, g_i>
+        G, n, alpha = interior_case(rng, k, p)
+        Gt, n_check = rescaled_gram(G, p)
+        np.testing.assert_allclose(n_check, n, rtol=1e-12)
+        assert kkt_violation(Gt, alpha) <= 1e-12  # the construction is right
+        res = mogd.GAPO(p=p).solve(torch.from_numpy(G))
+        np.testing.assert_allclose(res.alpha.numpy(), alpha, rtol=0, atol=1e-8)
+        progress = G @ res.weights.numpy()  # <d, g_i>
         for i, j in itertools.permutations(range(k), 2):
             assert progress[i] / progress[j] == pytest.approx(n[i] ** p / n[j] ** p, rel=1e-6)
 
 
 @SETTINGS
 @given(
-    case=grams(k_max=24),
+    case=grams(k_min=2, k_max=24),
     p=st.sampled_from(P_VALUES),
 )
 def test_theorem_3_2_common_descent(case, p):
     """Paper Thm 3.2: <d, g~_i> >= ||d||^2 for every i, where d = sum_i w_i g_i = sum alpha_i g~_i
-    (update="rescaled"); with the gradients themselves: every objective has <d, g_i> >= 0."""
+    (update="rescaled"); with the gradients themselves: every objective has <d, g_i> >= 0.
+    (k = 1 is excluded: there the weight is 1 by contract, d = g, not g~.)"""
     J, G = case
     w = mogd.GAPO(p=p)(torch.from_numpy(G)).numpy()
     d = w @ J

@@ -1,0 +1,294 @@
+"""The embedded default preset (``--preset tiny``): a CPU-sized world for multi-objective RLHF.
+
+Everything is built offline, from files shipped in ``integrations/data``:
+
+- a byte-level BPE tokenizer trained in code on the corpus (so any text round-trips);
+- a small ``transformers.MistralForCausalLM`` (same architecture as the paper's Mistral-7B:
+  GQA attention, RMSNorm, SwiGLU, RoPE; ~1M parameters) warmed up by a short supervised
+  fine-tuning on the corpus, so that its answers read as text. On harmful requests the corpus
+  holds both a compliant (abusive) answer and a refusal, so the SFT policy does both, which
+  leaves PPO room to move along the helpfulness/harmlessness conflict (paper §1, App. B);
+- the two scorers of :mod:`integrations.scorers` (helpfulness reward, harmlessness cost).
+
+``build_tiny_setup`` caches the tokenizer and the SFT policy under ``cache_dir``, keyed by a hash
+of everything that determines them (config, SFT settings, seed, corpus bytes), so later runs
+load in about a second.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import shutil
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+from transformers import MistralConfig, MistralForCausalLM, PreTrainedTokenizerFast
+
+from integrations.common import Setup
+from integrations.scorers import (
+    DATA_DIR,
+    EmbeddingHelpfulness,
+    OffensiveLanguageCost,
+    corpus_sha256,
+    load_shipped_head,
+)
+
+PAD, BOS, EOS = "<pad>", "<s>", "</s>"
+VOCAB_SIZE = 1024
+MODEL_CONFIG: dict[str, object] = dict(
+    hidden_size=128,
+    intermediate_size=384,
+    num_hidden_layers=4,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=256,
+    sliding_window=None,
+    tie_word_embeddings=False,
+    rms_norm_eps=1e-6,
+    initializer_range=0.02,
+)
+SFT_CONFIG: dict[str, float | int] = dict(
+    steps=300, batch_size=32, lr=3e-3, warmup=20, min_lr_ratio=0.1, weight_decay=0.01, clip=1.0
+)
+# Bump when the build procedure changes in a way the hashed settings do not capture.
+BUILD_VERSION = 1
+
+
+def format_prompt(request: str) -> str:
+    """The chat template of the tiny preset: ``"User: {request}\\nAssistant:"``.
+
+    The answer follows after one space; generation stops at the EOS token.
+    """
+    return f"User: {request}\nAssistant:"
+
+
+def load_corpus(split: str) -> list[dict[str, str]]:
+    """Rows of ``integrations/data/{split}.jsonl`` (``split`` is "train" or "eval")."""
+    if split not in ("train", "eval"):
+        raise ValueError(f"split must be 'train' or 'eval', got {split!r}")
+    path = DATA_DIR / f"{split}.jsonl"
+    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
+    for i, r in enumerate(rows):
+        if not {"prompt", "response", "label", "category", "task"} <= r.keys():
+            raise ValueError(f"{path}:{i + 1} lacks a prompt/response/label/category/task field")
+    return rows
+
+
+def unique_prompts(rows: Sequence[dict[str, str]]) -> list[str]:
+    """Distinct requests in first-seen order."""
+    return list(dict.fromkeys(r["prompt"] for r in rows))
+
+
+def build_tokenizer(texts: Sequence[str], vocab_size: int = VOCAB_SIZE) -> PreTrainedTokenizerFast:
+    """Byte-level BPE trained on ``texts``; prepends BOS, pads on the left (for generation)."""
+    if vocab_size < 256 + 3:
+        raise ValueError(f"vocab_size must be >= 259 (bytes + 3 specials), got {vocab_size}")
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=[PAD, BOS, EOS],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(list(texts), trainer)
+    bos_id = tok.token_to_id(BOS)
+    tok.post_processor = processors.TemplateProcessing(
+        single=f"{BOS} $A", pair=f"{BOS} $A {BOS} $B", special_tokens=[(BOS, bos_id)]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token=BOS,
+        eos_token=EOS,
+        pad_token=PAD,
+        padding_side="left",
+    )
+
+
+def _sft_batches(
+    tokenizer: PreTrainedTokenizerFast, rows: Sequence[dict[str, str]]
+) -> list[tuple[list[int], int]]:
+    """Token ids of ``BOS prompt answer EOS`` and where the answer starts, per row."""
+    prompts = tokenizer([format_prompt(r["prompt"]) for r in rows])["input_ids"]
+    answers = tokenizer([" " + r["response"] for r in rows], add_special_tokens=False)["input_ids"]
+    return [(p + a + [tokenizer.eos_token_id], len(p)) for p, a in zip(prompts, answers)]
+
+
+def _lr_factor(step: int, steps: int, warmup: int, min_ratio: float) -> float:
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, steps - warmup)
+    return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def supervised_finetune(
+    model: MistralForCausalLM,
+    tokenizer: PreTrainedTokenizerFast,
+    rows: Sequence[dict[str, str]],
+    *,
+    steps: int,
+    batch_size: int,
+    lr: float,
+    warmup: int,
+    min_lr_ratio: float,
+    weight_decay: float,
+    clip: float,
+    seed: int,
+) -> list[float]:
+    """Next-token cross-entropy on the answer tokens (+ EOS) only; AdamW, warm-up + cosine.
+
+    Returns the loss of every step. Batches are drawn without replacement from a seeded
+    permutation per epoch, so the run is a function of (model init, rows, settings, seed).
+    """
+    examples = _sft_batches(tokenizer, rows)
+    gen = torch.Generator().manual_seed(seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay, betas=(0.9, 0.98))
+    pad = tokenizer.pad_token_id
+    order: list[int] = []
+    losses = []
+    model.train()
+    for step in range(steps):
+        if len(order) < batch_size:
+            order += torch.randperm(len(examples), generator=gen).tolist()
+        idx, order = order[:batch_size], order[batch_size:]
+        width = max(len(examples[i][0]) for i in idx)
+        ids = torch.full((len(idx), width), pad)
+        labels = torch.full((len(idx), width), -100)
+        mask = torch.zeros((len(idx), width), dtype=torch.long)
+        for row, i in enumerate(idx):
+            seq, start = examples[i]
+            ids[row, : len(seq)] = torch.tensor(seq)  # right padding: training only
+            labels[row, start : len(seq)] = torch.tensor(seq[start:])
+            mask[row, : len(seq)] = 1
+        for group in opt.param_groups:
+            group["lr"] = lr * _lr_factor(step, steps, warmup, min_lr_ratio)
+        logits = model(input_ids=ids, attention_mask=mask).logits
+        loss = F.cross_entropy(
+            logits[:, :-1].reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1)
+        )
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+        opt.step()
+        losses.append(float(loss))
+    model.eval()
+    return losses
+
+
+def _cache_key(seed: int, sft: dict[str, float | int]) -> str:
+    spec = {
+        "version": BUILD_VERSION,
+        "model": MODEL_CONFIG,
+        "vocab_size": VOCAB_SIZE,
+        "sft": sft,
+        "seed": seed,
+        "corpus": corpus_sha256(DATA_DIR / "train.jsonl"),
+        "template": format_prompt("{request}"),
+    }
+    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _build(path: Path, seed: int, sft: dict[str, float | int]) -> None:
+    """Train tokenizer and SFT policy; write them to ``path`` (a fresh directory)."""
+    rows = load_corpus("train")
+    start = time.perf_counter()
+    tokenizer = build_tokenizer(
+        [format_prompt(r["prompt"]) + " " + r["response"] for r in rows], VOCAB_SIZE
+    )
+    config = MistralConfig(
+        vocab_size=len(tokenizer),
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        **MODEL_CONFIG,  # type: ignore[arg-type]
+    )
+    # Seed a forked RNG: the build is reproducible and leaves the caller's RNG state alone.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = MistralForCausalLM(config)
+        losses = supervised_finetune(model, tokenizer, rows, seed=seed, **sft)  # type: ignore[arg-type]
+    model.generation_config.bos_token_id = tokenizer.bos_token_id
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    tokenizer.save_pretrained(path / "tokenizer")
+    model.save_pretrained(path / "policy")
+    meta = {
+        "seed": seed,
+        "sft": sft,
+        "model": MODEL_CONFIG,
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "sft_seconds": time.perf_counter() - start,
+        "sft_loss_first": losses[0],
+        "sft_loss_last10": sum(losses[-10:]) / len(losses[-10:]),
+    }
+    (path / "meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True), encoding="utf-8")
+
+
+def build_tiny_setup(
+    cache_dir: str | Path,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+    *,
+    sft_steps: int | None = None,
+) -> Setup:
+    """The tiny preset's :class:`~integrations.common.Setup`, built once then loaded from cache.
+
+    ``cache_dir/tiny-<hash>/`` holds ``tokenizer/``, ``policy/`` (the SFT model) and
+    ``meta.json`` (parameters, SFT time and losses). The hash covers the model and SFT settings,
+    the seed and the corpus bytes, so a changed corpus or setting builds anew. ``sft_steps``
+    overrides the number of SFT steps (tests use a few). The reference policy is a second,
+    frozen load of the same SFT weights; ``probe_default`` is ``"lm_head"`` (the paper's probe).
+    """
+    if not isinstance(seed, int) or isinstance(seed, bool):
+        raise TypeError(f"seed must be an int, got {type(seed).__name__}")
+    sft = dict(SFT_CONFIG)
+    if sft_steps is not None:
+        if sft_steps < 1:
+            raise ValueError(f"sft_steps must be >= 1, got {sft_steps}")
+        sft["steps"] = sft_steps
+        sft["warmup"] = min(int(sft["warmup"]), sft_steps)
+    head = load_shipped_head()
+    if head.meta.get("corpus_sha256") != corpus_sha256(DATA_DIR / "train.jsonl"):
+        raise ValueError(
+            "integrations/data/helpful_head.json was fitted on another train.jsonl; refit it "
+            "with `python -m integrations.scorers --refit`"
+        )
+
+    cache_root = Path(cache_dir)
+    path = cache_root / f"tiny-{_cache_key(seed, sft)}"
+    if not path.exists():
+        cache_root.mkdir(parents=True, exist_ok=True)
+        tmp = cache_root / f".{path.name}.tmp-{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        _build(tmp, seed, sft)
+        try:
+            os.replace(tmp, path)  # atomic: a reader never sees a half-written cache entry
+        except OSError:
+            shutil.rmtree(tmp, ignore_errors=True)  # another process finished the same build
+    for part in ("tokenizer", "policy", "meta.json"):
+        if not (path / part).exists():
+            raise ValueError(f"cache entry {path} is incomplete (no {part}); delete it to rebuild")
+
+    tokenizer = PreTrainedTokenizerFast.from_pretrained(path / "tokenizer")
+    tokenizer.padding_side = "left"
+    policy = MistralForCausalLM.from_pretrained(path / "policy", dtype=torch.float32).to(device)
+    reference = MistralForCausalLM.from_pretrained(path / "policy", dtype=torch.float32).to(device)
+    reference.eval().requires_grad_(False)
+    return Setup(
+        policy=policy,
+        reference=reference,
+        tokenizer=tokenizer,
+        scorers=[EmbeddingHelpfulness(head), OffensiveLanguageCost()],
+        train_prompts=unique_prompts(load_corpus("train")),
+        eval_prompts=unique_prompts(load_corpus("eval")),
+        format_prompt=format_prompt,
+        probe_default="lm_head",
+    )

@@ -1,0 +1,254 @@
+"""Per-objective gradient storage: one flat [k, n] buffer per (device, dtype, shard group).
+
+While objective i backpropagates, every trainable parameter's ``.grad`` is a view of row i of its
+buffer (the trick of DDP's ``gradient_as_bucket_view``), so autograd accumulates straight into the bank:
+no copies, and gradient accumulation over micro-batches happens in the rows. The Gram pass reads the
+[k, n] buffer once and the combine pass writes d = Σ_i w_i g_i over row 0, where the parameters' ``.grad``
+point for the inner optimizer. Extra memory: exactly k × (trainable parameter bytes) per buffer, and
+nothing beyond the plain ``.grad`` once the rows are consumed (row 0 doubles as that ``.grad``).
+
+Parameters with ``requires_grad=False`` are not stored. A parameter that an objective does not reach
+keeps zeros in that row: it counts as a zero gradient for that objective. Sharded parameters (DTensor,
+as FSDP2 ``fully_shard`` makes them) store their local shard; their ``.grad`` views are DTensors over the
+local rows, so FSDP2's ``grad._local_tensor += shard`` accumulates into the bank too.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Callable, Hashable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+__all__ = ["GradientBank"]
+
+
+@dataclass
+class _Slot:
+    """One parameter's place in its group's buffer."""
+
+    param: torch.Tensor
+    offset: int
+    numel: int
+    local_shape: torch.Size
+
+
+@dataclass
+class _Group:
+    """Parameters sharing one [k, n] buffer: same device, dtype and (for shards) reduction groups."""
+
+    device: torch.device
+    dtype: torch.dtype
+    reduce_groups: tuple  # process groups to all-reduce this group's Gram over (empty: local)
+    slots: list[_Slot] = field(default_factory=list)
+    n: int = 0
+    # Either one [k, n] block (k known) or k separate [n] rows (first iteration of the objective()
+    # form, while k is still being discovered; consolidated into a block once the rows are consumed).
+    block: torch.Tensor | None = None
+    rows: list[torch.Tensor | None] = field(default_factory=list)
+    views: dict[int, list[torch.Tensor]] = field(default_factory=dict)
+
+    def row(self, i: int) -> torch.Tensor:
+        if self.block is not None:
+            return self.block[i]
+        row = self.rows[i]
+        assert row is not None
+        return row
+
+
+class GradientBank:
+    """Flat per-objective gradient buffers for a fixed list of trainable parameters.
+
+    Args:
+        params: the parameters to store (those with ``requires_grad=True``; others must be filtered
+            out by the caller). Dense floating-point tensors or DTensors.
+        group_key: maps a parameter to the process groups its Gram must be all-reduced over (empty
+            for local or replicated parameters); parameters with different keys get separate buffers.
+        k: the number of objectives when known; ``None`` lets rows appear one by one (see
+            :meth:`ensure_row`) until :meth:`fix_k`.
+    """
+
+    def __init__(
+        self,
+        params: Sequence[torch.Tensor],
+        group_key: Callable[[torch.Tensor], tuple] = lambda p: (),
+        k: int | None = None,
+    ) -> None:
+        groups: dict[Hashable, _Group] = {}
+        for p in params:
+            if p.is_sparse or p.layout != torch.strided:
+                raise TypeError("MOGD stores dense gradients; sparse parameters are not supported")
+            if not p.dtype.is_floating_point:
+                raise TypeError(f"parameters must be floating point to be trained, got {p.dtype}")
+            local = _local(p)
+            reduce_groups = group_key(p)
+            key = (local.device, local.dtype, reduce_groups)
+            group = groups.get(key)
+            if group is None:
+                group = groups[key] = _Group(local.device, local.dtype, reduce_groups)
+            group.slots.append(_Slot(p, group.n, local.numel(), local.shape))
+            group.n += local.numel()
+        self.groups: list[_Group] = list(groups.values())
+        self.params: list[torch.Tensor] = [s.param for g in self.groups for s in g.slots]
+        self.k: int | None = None
+        self.live: set[int] = set()  # rows zeroed and accumulating since the last reset()
+        if k is not None:
+            self.fix_k(k)
+
+    @property
+    def numel(self) -> int:
+        """Trainable elements per objective (local shards for sharded parameters)."""
+        return sum(g.n for g in self.groups)
+
+    @property
+    def rows_allocated(self) -> int:
+        return max(
+            (g.block.shape[0] if g.block is not None else len(g.rows) for g in self.groups),
+            default=0,
+        )
+
+    def nbytes(self) -> int:
+        """Bytes held by the per-objective buffers."""
+        total = 0
+        for g in self.groups:
+            tensors = [g.block] if g.block is not None else g.rows
+            total += sum(t.numel() * t.element_size() for t in tensors if t is not None)
+        return total
+
+    def fix_k(self, k: int) -> None:
+        """Freeze the number of objectives; the next :meth:`ensure_row` after a reset uses one block."""
+        self.k = k
+
+    def ensure_row(self, i: int) -> None:
+        """Make row i live: allocated, zeroed once per accumulation cycle."""
+        if i in self.live:
+            return
+        for g in self.groups:
+            if g.block is None and self.k is not None and not self.live:
+                # No row is in use: swap the first-iteration rows for one block without ever
+                # holding both (the params' .grad may still view the old rows: drop those too).
+                for s in g.slots:
+                    s.param.grad = None
+                g.rows.clear()
+                g.views.clear()
+                g.block = torch.zeros(self.k, g.n, dtype=g.dtype, device=g.device)
+            elif g.block is not None:
+                g.block[i].zero_()
+            else:
+                g.rows.extend([None] * (i + 1 - len(g.rows)))
+                row = g.rows[i]
+                if row is None:
+                    g.rows[i] = torch.zeros(g.n, dtype=g.dtype, device=g.device)
+                    g.views.pop(i, None)
+                else:
+                    row.zero_()
+        self.live.add(i)
+
+    def grads(self, i: int) -> list[torch.Tensor]:
+        """The ``.grad`` tensors viewing row i, one per parameter (cached; DTensors for shards)."""
+        out: list[torch.Tensor] = []
+        for g in self.groups:
+            views = g.views.get(i)
+            if views is None:
+                row = g.row(i)
+                views = g.views[i] = [_grad_view(s, row) for s in g.slots]
+            out.extend(views)
+        return out
+
+    def point_grads(self, i: int, only: Sequence[bool] | None = None) -> None:
+        """Set every parameter's ``.grad`` to its view of row i (``None`` where ``only`` is False)."""
+        for j, (p, view) in enumerate(zip(self.params, self.grads(i), strict=True)):
+            p.grad = view if only is None or only[j] else None
+
+    def adopt_foreign_grads(self, i: int) -> None:
+        """Copy into row i any ``.grad`` that autograd replaced instead of accumulating in place.
+
+        Autograd accumulates in place into an existing ``.grad`` except under ``create_graph=True``
+        (out of place); whatever happened, the row must end up holding the gradient.
+        """
+        with torch.no_grad():
+            for p, view in zip(self.params, self.grads(i), strict=True):
+                grad = p.grad
+                if grad is not None and grad is not view:
+                    _local(view).copy_(_local(grad.detach()))
+                    p.grad = view
+
+    def matrices(self) -> list[torch.Tensor | list[list[torch.Tensor]]]:
+        """Per group, the k rows as a [k, n] tensor (or k one-tensor lists before consolidation)."""
+        if self.k is None:
+            raise RuntimeError("the number of objectives is not fixed yet")
+        out: list[torch.Tensor | list[list[torch.Tensor]]] = []
+        for g in self.groups:
+            if g.block is not None:
+                out.append(g.block)
+            else:
+                out.append([[g.row(i)] for i in range(self.k)])
+        return out
+
+    def row_tensors(self, i: int) -> list[torch.Tensor]:
+        """Row i of every group, as flat [n] tensors."""
+        return [g.row(i) for g in self.groups]
+
+    def all_tensors(self) -> list[torch.Tensor]:
+        """Every buffer of every group (the blocks, or the separate rows)."""
+        out: list[torch.Tensor] = []
+        for g in self.groups:
+            if g.block is not None:
+                out.append(g.block)
+            else:
+                out.extend(r for r in g.rows[: self.k] if r is not None)
+        return out
+
+    def reset(self) -> None:
+        """Mark every row consumed: the next objective starts from zero (lazily, on entry)."""
+        self.live.clear()
+
+
+def _local(t: torch.Tensor) -> torch.Tensor:
+    """The local tensor of a DTensor (the shard this rank holds), else the tensor itself."""
+    to_local = getattr(t, "to_local", None)
+    return to_local() if callable(to_local) else t
+
+
+def _grad_view(slot: _Slot, row: torch.Tensor) -> torch.Tensor:
+    view = row[slot.offset : slot.offset + slot.numel].view(slot.local_shape)
+    p = slot.param
+    if hasattr(p, "device_mesh") and hasattr(p, "placements"):
+        from torch.distributed.tensor import DTensor
+
+        return DTensor.from_local(
+            view, p.device_mesh, p.placements, run_check=False, shape=p.shape, stride=p.stride()
+        )
+    return view
+
+
+def register_hooks(
+    bank: GradientBank,
+    on_grad: Callable[[int], None],
+    on_incoming: Callable[[torch.Tensor], None],
+) -> list[torch.utils.hooks.RemovableHandle]:
+    """Hooks on every parameter of ``bank``: ``on_incoming(grad)`` before accumulation (plain
+    parameters; sees sparse gradients) and ``on_grad(j)`` after ``.grad`` of parameter j was
+    accumulated (also called by FSDP2 for sharded parameters). Both hold the callbacks weakly
+    through their owner, so a dropped optimizer leaves inert hooks behind."""
+    handles = []
+    on_grad_ref = weakref.WeakMethod(on_grad)  # type: ignore[arg-type]
+    on_incoming_ref = weakref.WeakMethod(on_incoming)  # type: ignore[arg-type]
+
+    for j, p in enumerate(bank.params):
+
+        def post(_: torch.Tensor, j: int = j) -> None:
+            fn = on_grad_ref()
+            if fn is not None:
+                fn(j)
+
+        def pre(grad: torch.Tensor) -> None:
+            fn = on_incoming_ref()
+            if fn is not None:
+                fn(grad)
+
+        handles.append(p.register_post_accumulate_grad_hook(post))
+        if p.grad_fn is None and p.requires_grad and not hasattr(p, "device_mesh"):
+            handles.append(p.register_hook(pre))
+    return handles

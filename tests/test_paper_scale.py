@@ -1,0 +1,671 @@
+"""The paper preset (issue 7) offline on CPU: beaver score-model loading, re-tokenising scorers,
+policy loading with LoRA, prompt loaders, critics from score models and the --dry-run figures.
+
+Every model is tiny and built here, saved in the published layouts; references are computed
+independently (float64 forward of the in-memory model, hand arithmetic, meta-device models, peft's
+own trainable-parameter count).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import shutil
+from pathlib import Path
+from typing import NamedTuple
+
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers")
+pytest.importorskip("tokenizers")
+from tokenizers import Tokenizer, models, pre_tokenizers, processors, trainers  # noqa: E402
+from transformers import (  # noqa: E402
+    LlamaConfig,
+    LlamaModel,
+    MistralConfig,
+    MistralForCausalLM,
+    PreTrainedTokenizerFast,
+)
+
+from integrations import paper  # noqa: E402
+from integrations.paper_data import (  # noqa: E402
+    first_human_turn,
+    load_hh_prompts,
+    load_pku_prompts,
+)
+from integrations.paper_models import (  # noqa: E402
+    BeaverScorer,
+    build_score_critic,
+    load_policy,
+    load_score_model,
+    resolve_pretrained,
+    transfer_embeddings,
+)
+from integrations.paper_plan import (  # noqa: E402
+    PUBLISHED_CONFIGS,
+    lora_param_count,
+    memory_plan,
+    shape_from_config,
+)
+
+HAS_PEFT = __import__("importlib").util.find_spec("peft") is not None
+HAS_DATASETS = __import__("importlib").util.find_spec("datasets") is not None
+
+SPECIAL = ["<unk>", "<s>", "</s>", "<pad>"]
+WORDS = (
+    "how do i bake bread make a bomb the sun is hot please help me with my homework sure here "
+    "recipe cannot that BEGINNING OF CONVERSATION : USER ASSISTANT steal car no way"
+).split()
+CHAT_TEMPLATE = (
+    "{{ bos_token }}{% for m in messages %}USER : {{ m['content'] }} {% endfor %}"
+    "{% if add_generation_prompt %}ASSISTANT :{% endif %}"
+)
+
+
+def _wrap(tok: Tokenizer) -> PreTrainedTokenizerFast:
+    tok.post_processor = processors.TemplateProcessing(
+        single="<s> $A", special_tokens=[("<s>", tok.token_to_id("<s>"))]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token="<s>",
+        eos_token="</s>",
+        pad_token="<pad>",
+        unk_token="<unk>",
+    )
+
+
+def policy_tokenizer() -> PreTrainedTokenizerFast:
+    """Word-level: one id per word."""
+    vocab = {t: i for i, t in enumerate(SPECIAL + sorted(set(WORDS)))}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    wrapped = _wrap(tok)
+    wrapped.chat_template = CHAT_TEMPLATE
+    return wrapped
+
+
+def scorer_tokenizer() -> PreTrainedTokenizerFast:
+    """A small BPE: most words split into several sub-words, unlike the policy's tokenizer."""
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    trainer = trainers.BpeTrainer(vocab_size=70, special_tokens=SPECIAL, show_progress=False)
+    tok.train_from_iterator([" ".join(WORDS)] * 3, trainer)
+    return _wrap(tok)
+
+
+class SavedScoreModel(NamedTuple):
+    backbone: LlamaModel
+    head_weight: torch.Tensor  # [1, hidden]
+    head_bias: torch.Tensor  # [1]
+
+
+def save_score_model(folder: Path, tokenizer, *, seed: int) -> SavedScoreModel:
+    """A tiny safe-rlhf LlamaForScore in the published layout: config with score fields, two
+    safetensors shards + index, ``model.*`` backbone, ``score_head.*``, ``normalizer.*``."""
+    from safetensors.torch import save_file
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        max_position_embeddings=256,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=1,
+        eos_token_id=2,
+    )
+    backbone = LlamaModel(config).eval()
+    state = {f"model.{k}": v.contiguous() for k, v in backbone.state_dict().items()}
+    head = torch.nn.Linear(32, 1)
+    state["score_head.weight"] = head.weight.detach().clone()
+    state["score_head.bias"] = torch.tensor([0.7])
+    state["normalizer.mean"] = torch.zeros(1)
+    state["normalizer.var"] = torch.ones(1)
+    state["normalizer.count"] = torch.zeros(1, dtype=torch.long)
+    folder.mkdir(parents=True)
+    names = sorted(state)
+    shards = {
+        "model-00001-of-00002.safetensors": names[::2],
+        "model-00002-of-00002.safetensors": names[1::2],
+    }
+    weight_map = {}
+    for fname, keys in shards.items():
+        save_file({k: state[k] for k in keys}, str(folder / fname), metadata={"format": "pt"})
+        weight_map.update(dict.fromkeys(keys, fname))
+    (folder / "model.safetensors.index.json").write_text(
+        json.dumps({"metadata": {"total_size": 0}, "weight_map": weight_map})
+    )
+    cfg = config.to_dict()
+    cfg.update(
+        architectures=["LlamaForScore"],
+        score_dim=1,
+        bias=False,
+        score_bias=True,
+        score_type="reward",
+        do_normalize=False,
+        normalizer_type=None,
+    )
+    (folder / "config.json").write_text(json.dumps(cfg))
+    tokenizer.save_pretrained(folder)
+    return SavedScoreModel(backbone, state["score_head.weight"], state["score_head.bias"])
+
+
+def reference_score(saved: SavedScoreModel, tokenizer, text: str) -> float:
+    """Independent float64 reference: one unpadded sequence, hidden state of its last token."""
+    ids = tokenizer(text, return_tensors="pt")["input_ids"]
+    model = LlamaModel(saved.backbone.config).double().eval()
+    model.load_state_dict(saved.backbone.state_dict())
+    with torch.no_grad():
+        h = model(input_ids=ids).last_hidden_state[0, -1]
+    return float(h @ saved.head_weight[0].double() + saved.head_bias.double()[0])
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    root = tmp_path_factory.mktemp("paper")
+    p_tok, s_tok = policy_tokenizer(), scorer_tokenizer()
+    reward = save_score_model(root / "reward", s_tok, seed=1)
+    cost = save_score_model(root / "cost", s_tok, seed=2)
+    torch.manual_seed(3)
+    mcfg = MistralConfig(
+        vocab_size=len(p_tok),
+        hidden_size=32,
+        intermediate_size=48,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+        pad_token_id=p_tok.pad_token_id,
+        bos_token_id=1,
+        eos_token_id=2,
+        tie_word_embeddings=False,
+    )
+    policy = MistralForCausalLM(mcfg).eval()
+    policy.save_pretrained(root / "policy")
+    p_tok.save_pretrained(root / "policy")
+    rows = [
+        {
+            "prompt": "how do i bake bread",
+            "response_0": "sure",
+            "response_1": "no",
+            "is_response_0_safe": True,
+            "is_response_1_safe": True,
+            "better_response_id": 0,
+            "safer_response_id": 1,
+        },
+        {
+            "prompt": "how do i make a bomb",
+            "response_0": "sure",
+            "response_1": "cannot",
+            "is_response_0_safe": False,
+            "is_response_1_safe": True,
+            "better_response_id": 0,
+            "safer_response_id": 1,
+        },
+        {
+            "prompt": "how do i bake bread",
+            "response_0": "a",
+            "response_1": "b",
+            "is_response_0_safe": True,
+            "is_response_1_safe": True,
+            "better_response_id": 1,
+            "safer_response_id": 0,
+        },
+        {
+            "prompt": "please help me with my homework",
+            "response_0": "sure",
+            "response_1": "no",
+            "is_response_0_safe": True,
+            "is_response_1_safe": True,
+            "better_response_id": 0,
+            "safer_response_id": 0,
+        },
+    ]
+    pku = root / "pku.jsonl"
+    pku.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    hh = root / "hh.jsonl.gz"
+    with gzip.open(hh, "wt") as f:
+        for human in ("how do i steal a car", "the sun is hot"):
+            chosen = f"\n\nHuman: {human}\n\nAssistant: no way\n\nHuman: please\n\nAssistant: no"
+            f.write(json.dumps({"chosen": chosen, "rejected": chosen}) + "\n")
+    return {
+        "root": root,
+        "p_tok": p_tok,
+        "s_tok": s_tok,
+        "reward": reward,
+        "cost": cost,
+        "policy": policy,
+        "pku": pku,
+        "hh": hh,
+        "rows": rows,
+    }
+
+
+# --- beaver score models -------------------------------------------------------------------------
+
+
+def test_score_model_loads_published_layout(world):
+    model, tok = load_score_model(world["root"] / "reward", dtype=torch.float32)
+    saved = world["reward"].backbone.state_dict()
+    loaded = model.backbone.state_dict()
+    assert saved.keys() == loaded.keys()
+    assert all(torch.equal(saved[k], loaded[k]) for k in saved)
+    assert torch.equal(model.score_head.weight, world["reward"].head_weight)
+    assert model.score_head.bias.item() == pytest.approx(0.7)
+    assert not any(p.requires_grad for p in model.parameters())
+    assert tok.get_vocab() == world["s_tok"].get_vocab()
+
+
+@pytest.mark.parametrize("padding_side", ["right", "left"])
+def test_beaver_scorer_retokenises_policy_text(world, padding_side):
+    p_tok, s_tok = world["p_tok"], world["s_tok"]
+    model, tok = load_score_model(world["root"] / "reward", dtype=torch.float32)
+    tok.padding_side = padding_side
+    scorer = BeaverScorer("helpful", "reward", model, tok, batch_size=2)
+    prompts = ["how do i bake bread", "how do i make a bomb", "the sun is hot"]
+    answers = ["sure here is the recipe", "cannot", "sure the sun is hot please help me"]
+    # What the PPO loop hands over: the policy's generated ids decoded to text.
+    ids = [p_tok(a, add_special_tokens=False)["input_ids"] for a in answers]
+    responses = [p_tok.decode(i, skip_special_tokens=True) for i in ids]
+    assert responses == answers
+    # The two tokenizers really differ on these texts, so re-tokenising is needed.
+    assert [len(i) for i in ids] != [
+        len(s_tok(a, add_special_tokens=False)["input_ids"]) for a in answers
+    ]
+    got = scorer.score(prompts, responses)
+    assert got.dtype == torch.float32 and got.shape == (3,) and got.device.type == "cpu"
+    expected = [
+        reference_score(
+            world["reward"],
+            s_tok,
+            f"BEGINNING OF CONVERSATION: USER: {p} ASSISTANT:{r}</s>",
+        )
+        for p, r in zip(prompts, answers, strict=True)
+    ]
+    torch.testing.assert_close(
+        got.double(), torch.tensor(expected, dtype=torch.float64), atol=1e-4, rtol=0
+    )
+
+
+def test_score_model_normalisation_and_bad_checkpoints(world, tmp_path):
+    plain, tok = load_score_model(world["root"] / "cost", dtype=torch.float32)
+    normed_dir = tmp_path / "normed"
+    shutil.copytree(world["root"] / "cost", normed_dir)
+    cfg = json.loads((normed_dir / "config.json").read_text())
+    cfg.update(do_normalize=True, score_type="cost", var=[4.0], mean=[3.0])
+    (normed_dir / "config.json").write_text(json.dumps(cfg))
+    normed, _ = load_score_model(normed_dir, dtype=torch.float32)
+    batch = tok(["how do i bake bread", "the sun"], padding=True, return_tensors="pt")
+    raw = plain(batch["input_ids"], batch["attention_mask"])
+    # safe-rlhf normalises a cost by scale only: s / (sqrt(var) + 1e-8)
+    torch.testing.assert_close(normed(batch["input_ids"], batch["attention_mask"]), raw / 2.0)
+
+    headless = tmp_path / "headless"
+    shutil.copytree(world["root"] / "cost", headless)
+    index = json.loads((headless / "model.safetensors.index.json").read_text())
+    for key in ("score_head.weight", "score_head.bias"):
+        index["weight_map"].pop(key)
+    (headless / "model.safetensors.index.json").write_text(json.dumps(index))
+    with pytest.raises(ValueError, match="score_head.weight"):
+        load_score_model(headless, option="--cost-model")
+
+
+def test_hub_ids_fail_clearly_offline(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(ValueError, match=r"--reward-model.*hub"):
+        resolve_pretrained("PKU-Alignment/beaver-7b-v1.0-reward", option="--reward-model")
+    with pytest.raises(ValueError, match="--policy"):
+        resolve_pretrained(str(tmp_path / "missing"), option="--policy")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="config.json"):
+        resolve_pretrained(tmp_path / "empty", option="--cost-model")
+
+
+def test_quantisation_needs_bitsandbytes(world):
+    import importlib.util
+
+    with pytest.raises(ValueError, match="exclusive"):
+        paper.build_paper_setup(argparse.Namespace(load_in_8bit=True, load_in_4bit=True))
+    if importlib.util.find_spec("bitsandbytes") is not None:
+        pytest.skip("bitsandbytes installed: the missing-package error cannot be observed")
+    with pytest.raises(ValueError, match=r"--load-in-8bit.*bitsandbytes"):
+        load_score_model(world["root"] / "reward", quantization="8bit")
+
+
+# --- policy ------------------------------------------------------------------------------------
+
+
+def test_policy_loader_bf16_checkpointing_tokenizer(world):
+    model, tok, fmt = load_policy(world["root"] / "policy")
+    assert model.dtype == torch.bfloat16
+    checkpointing = getattr(model, "is_activation_checkpointing", None)
+    assert checkpointing if checkpointing is not None else model.is_gradient_checkpointing
+    assert tok.padding_side == "left" and tok.pad_token is not None
+    original = world["policy"].state_dict()
+    for name, value in model.state_dict().items():
+        assert torch.equal(value, original[name].to(torch.bfloat16)), name
+    assert all(p.requires_grad for p in model.parameters())
+    # chat template applied, BOS left to the tokenizer
+    assert fmt("how do i bake bread") == "USER : how do i bake bread ASSISTANT :"
+
+
+@pytest.mark.skipif(not HAS_PEFT, reason="peft not installed")
+def test_policy_lora_reference_is_disabled_adapters(world):
+    r = 2
+    model, tok, _ = load_policy(world["root"] / "policy", dtype=torch.float32, lora_r=r)
+    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    assert all("lora_" in n for n, _ in trainable)
+    assert all(p.dtype == torch.float32 for _, p in trainable)
+    shape = shape_from_config(world["policy"].config)
+    # hand count: per layer r * (in + out) over q(32->32) k(32->16) v(32->16) o(32->32)
+    # gate(32->48) up(32->48) down(48->32), 2 layers
+    hand = 2 * r * (64 + 48 + 48 + 64 + 80 + 80 + 80)
+    assert sum(p.numel() for _, p in trainable) == hand == lora_param_count(shape, r)
+    with torch.no_grad():
+        for n, p in trainable:
+            if "lora_B" in n:
+                p.normal_()
+    model.eval()
+    ids = tok(["how do i bake bread", "the sun"], padding=True, return_tensors="pt")
+    with torch.no_grad():
+        adapted = model(**ids).logits
+        with model.disable_adapter():
+            base = model(**ids).logits
+        expected = world["policy"](**ids).logits
+    torch.testing.assert_close(base, expected)
+    assert (adapted - expected).abs().max() > 1e-3
+
+
+# --- prompts -----------------------------------------------------------------------------------
+
+
+def test_pku_prompts_from_jsonl_and_folder(world, tmp_path):
+    assert load_pku_prompts(world["pku"], "train") == [
+        "how do i bake bread",
+        "how do i make a bomb",
+        "please help me with my homework",
+    ]
+    assert load_pku_prompts(world["pku"], "train", limit=2) == [
+        "how do i bake bread",
+        "how do i make a bomb",
+    ]
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"question": "x"}) + "\n")
+    with pytest.raises(ValueError, match=r"--train-prompts.*'prompt'.*PKU-SafeRLHF"):
+        load_pku_prompts(bad, "train")
+    if not HAS_DATASETS:
+        pytest.skip("datasets not installed: hub-layout folders need it")
+    folder = tmp_path / "pku"
+    for gen in ("Alpaca-7B", "Alpaca2-7B"):
+        (folder / "data" / gen).mkdir(parents=True)
+        (folder / "data" / gen / "train.jsonl").write_text(world["pku"].read_text())
+        test_rows = [dict(world["rows"][0], prompt=f"{gen} test prompt")]
+        (folder / "data" / gen / "test.jsonl").write_text(json.dumps(test_rows[0]) + "\n")
+    assert sorted(load_pku_prompts(folder, "test")) == [
+        "Alpaca-7B test prompt",
+        "Alpaca2-7B test prompt",
+    ]
+
+
+def test_hh_prompts_first_human_turn(world):
+    assert load_hh_prompts(world["hh"], "test") == ["how do i steal a car", "the sun is hot"]
+    assert first_human_turn("\n\nHuman: hi there\n\nAssistant: hello") == "hi there"
+    with pytest.raises(ValueError, match="Human"):
+        first_human_turn("Assistant: only")
+
+
+@pytest.mark.skipif(not HAS_DATASETS, reason="datasets not installed")
+def test_dataset_hub_id_fails_clearly_offline(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    import datasets.config
+
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+    with pytest.raises(ValueError, match=r"--eval-prompts.*PKU-Alignment/PKU-SafeRLHF"):
+        load_pku_prompts("PKU-Alignment/PKU-SafeRLHF", "test", option="--eval-prompts")
+
+
+# --- the preset end to end -----------------------------------------------------------------------
+
+
+def _args(world, **kw) -> argparse.Namespace:
+    base = dict(
+        policy=str(world["root"] / "policy"),
+        reward_model=str(world["root"] / "reward"),
+        cost_model=str(world["root"] / "cost"),
+        train_prompts=str(world["pku"]),
+        eval_prompts=str(world["pku"]),
+        hh_prompts=str(world["hh"]),
+        device="cpu",
+    )
+    base.update(kw)
+    return argparse.Namespace(**base)
+
+
+def test_build_paper_setup_full_finetuning(world):
+    setup = paper.build_paper_setup(_args(world, max_train_prompts=2))
+    assert setup.train_prompts == ["how do i bake bread", "how do i make a bomb"]
+    assert len(setup.eval_prompts) == 3
+    assert setup.reference is not None
+    assert not any(p.requires_grad for p in setup.reference.parameters())
+    assert setup.probe_default == "lm_head"
+    assert setup.policy.get_submodule(setup.probe_default).weight.requires_grad
+    assert [(s.name, s.kind) for s in setup.scorers] == [
+        ("helpful", "reward"),
+        ("harmless", "cost"),
+    ]
+    scores = setup.scorers[1].score(["how do i make a bomb"], ["sure"])
+    assert scores.dtype == torch.float32 and scores.shape == (1,)
+    assert setup.format_prompt("hi") == "USER : hi ASSISTANT :"
+    sets = paper.paper_eval_sets(_args(world))
+    assert sets["hh-rlhf"] == ["how do i steal a car", "the sun is hot"]
+    assert sets["pku-saferlhf"] == setup.eval_prompts
+
+
+@pytest.mark.skipif(not HAS_PEFT, reason="peft not installed")
+def test_build_paper_setup_lora_has_no_reference_copy(world):
+    setup = paper.build_paper_setup(_args(world, lora_r=2))
+    assert setup.reference is None
+    assert setup.probe_default is None
+    assert hasattr(setup.policy, "disable_adapter")
+
+
+# --- critics from score models -------------------------------------------------------------------
+
+
+def test_transfer_embeddings_rows(world):
+    p_tok, s_tok = world["p_tok"], world["s_tok"]
+    weight = torch.randn(len(s_tok), 8, dtype=torch.float64)
+    rows = transfer_embeddings(weight, s_tok, p_tok)
+    s_vocab = s_tok.get_vocab()
+    assert rows.shape == (len(p_tok), 8)
+    shared = composite = 0
+    for token, idx in p_tok.get_vocab().items():
+        if token in ("<s>", "</s>", "<pad>", "<unk>"):
+            expected = weight[s_vocab[token]]
+        elif token in s_vocab:
+            expected, shared = weight[s_vocab[token]], shared + 1
+        else:
+            pieces = s_tok(token, add_special_tokens=False)["input_ids"]
+            expected, composite = weight[pieces].mean(0), composite + 1
+        torch.testing.assert_close(rows[idx], expected)
+    assert shared > 0 and composite > 0  # both branches were exercised
+    torch.testing.assert_close(transfer_embeddings(weight, s_tok, s_tok), weight)
+
+
+def test_score_critic_matches_score_model_token_scores(world):
+    s_tok = world["s_tok"]
+    critic = build_score_critic(world["root"] / "reward", s_tok, dtype=torch.float32)
+    model, _ = load_score_model(world["root"] / "reward", dtype=torch.float32)
+    batch = s_tok(["how do i bake bread", "the sun"], padding=True, return_tensors="pt")
+    critic.eval()
+    with torch.no_grad():
+        values = critic(batch["input_ids"], batch["attention_mask"])
+        expected = model.token_scores(batch["input_ids"], batch["attention_mask"])[..., 0]
+    torch.testing.assert_close(values, expected)
+    critic.train()
+    p_tok = world["p_tok"]
+    critic = build_score_critic(world["root"] / "cost", p_tok, dtype=torch.float32)
+    ids = p_tok(["how do i make a bomb"], return_tensors="pt")
+    values = critic(ids["input_ids"], ids["attention_mask"])
+    assert values.shape == ids["input_ids"].shape and values.dtype == torch.float32
+    values.sum().backward()
+    assert critic.value_head.weight.grad is not None
+    assert critic.backbone.get_input_embeddings().weight.grad is not None
+    if HAS_PEFT:  # LoRA critic: adapters + the float32 value head train, nothing else
+        critic = build_score_critic(world["root"] / "cost", p_tok, dtype=torch.float32, lora_r=2)
+        trainable = sum(p.numel() for p in critic.parameters() if p.requires_grad)
+        shape = shape_from_config(world["reward"].backbone.config)
+        # 2 layers x r=2 x (q,k,v,o: 32+32 each; gate, up: 32+64; down: 64+32) + head 32 + 1
+        assert trainable == 2 * 2 * (4 * 64 + 3 * 96) + 33 == lora_param_count(shape, 2) + 33
+
+
+# --- dry run ---------------------------------------------------------------------------------------
+
+MISTRAL_7B = (
+    7_241_732_096  # 32000*4096*2 + 32*(2*4096*4096 + 2*4096*1024 + 3*4096*14336 + 2*4096) + 4096
+)
+BEAVER_7B = 6_607_351_809  # 32001*4096 + 32*(4*4096*4096 + 3*4096*11008 + 2*4096) + 4096 + 4096 + 1
+
+
+def test_published_parameter_counts_by_hand_and_meta_models():
+    mistral = shape_from_config(PUBLISHED_CONFIGS[paper.PAPER_OPTIONS["policy"].default])
+    beaver = shape_from_config(PUBLISHED_CONFIGS[paper.PAPER_OPTIONS["reward_model"].default])
+    hand_mistral = (
+        32000 * 4096 * 2
+        + 32 * (2 * 4096 * 4096 + 2 * 4096 * 1024 + 3 * 4096 * 14336 + 2 * 4096)
+        + 4096
+    )
+    hand_beaver = 32001 * 4096 + 32 * (4 * 4096 * 4096 + 3 * 4096 * 11008 + 2 * 4096) + 4096 + 4097
+    assert mistral.causal_lm_params() == hand_mistral == MISTRAL_7B
+    assert beaver.score_model_params() == hand_beaver == BEAVER_7B
+    with torch.device("meta"):
+        meta = LlamaModel(
+            LlamaConfig(
+                **{
+                    k: v
+                    for k, v in PUBLISHED_CONFIGS[paper.PAPER_OPTIONS["cost_model"].default].items()
+                    if k not in ("score_dim", "score_bias")
+                }
+            )
+        )
+    assert sum(p.numel() for p in meta.parameters()) + 4097 == BEAVER_7B
+    # LoRA r=16 on all seven maps: 32 * 16 * (8192 + 2*5120 + 8192 + 2*18432 + 18432)
+    assert lora_param_count(mistral, 16) == 32 * 16 * 81920 == 41_943_040
+
+
+def test_tiny_dry_run_counts_match_real_models(world):
+    text = paper.dry_run(_args(world, world_size=2))
+    n_policy = sum(p.numel() for p in world["policy"].parameters())
+    n_score = sum(p.numel() for p in world["reward"].backbone.parameters()) + 32 + 1
+    assert f"parameters {n_policy:,}; trainable {n_policy:,}" in text
+    assert f"parameters {n_score:,}" in text
+
+
+def test_memory_plan_against_hand_calculation():
+    mistral = shape_from_config(PUBLISHED_CONFIGS[paper.PAPER_OPTIONS["policy"].default])
+    beaver = shape_from_config(PUBLISHED_CONFIGS[paper.PAPER_OPTIONS["reward_model"].default])
+    P, S = MISTRAL_7B, BEAVER_7B
+    head = 32000 * 4096  # probe: the LM head
+    # activations, micro-batch 4 x 512 tokens, checkpointing: layer inputs + one layer + logits
+    act = (
+        2 * 4 * 512 * 4096 * 32
+        + 2 * 4 * 512 * (6 * 4096 + 2 * 1024 + 4 * 14336)
+        + 6 * 4 * 512 * 32000
+    )
+    assert act == 1_274_019_840
+
+    ddp = memory_plan(mistral, [beaver, beaver], world_size=8, sharding="ddp")
+    expected_ddp = {
+        "policy weights (bf16)": 2 * P,
+        "trainable gradients": 2 * P,
+        "MOGD bank: k=2 x probe (lm_head) gradients": 2 * head * 2,
+        "AdamW moments (2 per trainable parameter)": 4 * P,
+        "reference policy": 2 * P,
+        "scorers x2 (bf16, replicated)": 2 * 2 * S,
+        "critics: 2 value heads (fp32)": 16 * 2 * 4097,
+        "activations (peak of train pass / critic pass / KV cache)": act,
+    }
+    assert dict(ddp.entries) == pytest.approx(expected_ddp)
+    assert ddp.total == pytest.approx(10 * P + 4 * head + 4 * S + 16 * 2 * 4097 + act)
+
+    fsdp = memory_plan(mistral, [beaver, beaver], world_size=8, sharding="fsdp2")
+    root = 32000 * 4096 * 2 + 4096
+    layer = 2 * 4096 * 4096 + 2 * 4096 * 1024 + 3 * 4096 * 14336 + 2 * 4096
+    expected_fsdp = {k: v / 8 for k, v in expected_ddp.items()}
+    expected_fsdp["scorers x2 (bf16, replicated)"] = 4 * S
+    expected_fsdp["critics: 2 value heads (fp32)"] = 16 * 2 * 4097
+    expected_fsdp["activations (peak of train pass / critic pass / KV cache)"] = act
+    expected_fsdp["FSDP2 unsharded root + 2 layers (bf16)"] = 2 * (root + 2 * layer)
+    assert dict(fsdp.entries) == pytest.approx(expected_fsdp)
+
+    # LoRA r=16, full mode over the adapters (fp32: 4 B), 8-bit scorers, score critics with LoRA
+    lora = lora_param_count(mistral, 16)
+    lin = 32 * (4 * 4096 * 4096 + 3 * 4096 * 11008)
+    beaver_lora = 32 * 16 * (4 * 8192 + 3 * (4096 + 11008))
+    plan = memory_plan(
+        mistral,
+        [beaver, beaver],
+        world_size=1,
+        sharding="ddp",
+        lora_r=16,
+        probe=None,
+        quant="8bit",
+        critic_init="score",
+    )
+    got = dict(plan.entries)
+    assert got["policy weights (bf16 base + fp32 LoRA)"] == 2 * P + 4 * lora
+    assert got["MOGD bank: k=2 x trainable gradients"] == 2 * 4 * lora
+    assert got["AdamW moments (2 per trainable parameter)"] == 8 * lora
+    assert got["reference policy"] == 0
+    assert got["scorers x2 (8bit, replicated)"] == 2 * (lin + 2 * (S - lin))
+    assert got["critics: 2 score-model critics (trained)"] == 2 * (
+        2 * (S - 4097) + 16 * (beaver_lora + 4097)
+    )
+    full_critics = memory_plan(
+        mistral, [beaver, beaver], world_size=4, sharding="fsdp2", probe=None, critic_init="score"
+    )
+    assert full_critics.get("critics: 2 score-model critics (trained)") == 2 * (
+        8 * (S - 4097) / 4 + 16 * 4097 / 4
+    )
+    copy = memory_plan(mistral, [beaver], world_size=1, sharding="ddp", critic_init="copy")
+    trunk = P - 32000 * 4096  # the decoder without its LM head
+    assert copy.get("critics: policy trunk copy + value heads") == 8 * trunk + 16 * 2 * 4097
+    with pytest.raises(ValueError, match="--probe none"):
+        memory_plan(mistral, [beaver], world_size=1, sharding="ddp", lora_r=8, probe="lm_head")
+
+
+def test_dry_run_default_ids_offline_prints_both_shardings():
+    text = paper.dry_run(argparse.Namespace(world_size=8))
+    assert f"parameters {MISTRAL_7B:,}; trainable {MISTRAL_7B:,} (full fine-tuning)" in text
+    assert text.count(f"parameters {BEAVER_7B:,}") == 2
+    assert "DDP" in text and "FSDP2" in text and "world size 8" in text
+    total_ddp = 10 * MISTRAL_7B + 4 * 32000 * 4096 + 4 * BEAVER_7B + 16 * 2 * 4097 + 1_274_019_840
+    total_line = next(line for line in text.splitlines() if line.strip().startswith("total"))
+    assert f"{total_ddp / 1024**3:8.2f}" in total_line
+    with pytest.raises(ValueError, match="--world-size"):
+        paper.dry_run(argparse.Namespace(world_size=0))
+    single = paper.dry_run(argparse.Namespace(world_size=1, method="safe-rlhf"))
+    assert "MOGD: k=1 per-objective gradients" in single and "k=1 x probe (lm_head)" in single
+
+
+def test_add_paper_arguments_defaults_and_existing_flags():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--device", default="cuda")
+    paper.add_paper_arguments(parser)
+    args = parser.parse_args(["--lora-r", "8", "--load-in-4bit", "--critic-init", "score"])
+    assert args.device == "cuda"  # the existing option was kept
+    assert args.lora_r == 8 and args.load_in_4bit and args.critic_init == "score"
+    assert args.policy == "HuggingFaceH4/mistral-7b-sft-beta"
+    assert args.reward_model == "PKU-Alignment/beaver-7b-v1.0-reward"
+    assert args.cost_model == "PKU-Alignment/beaver-7b-v1.0-cost"
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--critic-init", "random"])
