@@ -140,35 +140,30 @@ def _sweep(n: int) -> None:
     from mogd.kernels.combine_triton import combine_triton
     from mogd.kernels.gram_triton import gram_triton
 
-    sms = torch.cuda.get_device_properties(0).multi_processor_count
     print(
         f"\nsweep at n = {n:.3g} (defaults: gram num_warps={gram_mod.NUM_WARPS}, tile "
-        f"{gram_mod.TILE_BYTES} B, one resident wave of programs)"
+        f"{gram_mod.TILE_BYTES} B; programs: one resident wave)"
     )
     for (dtype_name, dtype), k in itertools.product(DTYPES.items(), (2, 8)):
         J = _random_bank(k, n, dtype)
         bank = J.numel() * J.element_size()
         results = []
-        for warps, block, per_sm in itertools.product((2, 4, 8), (32, 64, 128, 256), (2, 4, 8)):
+        for warps, block in itertools.product((2, 4, 8), (32, 64, 128, 256)):
             try:
-                t = _bench(
-                    functools.partial(
-                        gram_triton, J, block_n=block, num_warps=warps, programs=per_sm * sms
-                    )
-                )
+                t = _bench(functools.partial(gram_triton, J, block_n=block, num_warps=warps))
             except Exception as exc:  # noqa: BLE001 - a config may exceed registers/shared memory
                 print(
                     f"  gram {dtype_name} k={k} warps={warps} block={block}: {type(exc).__name__}"
                 )
                 continue
-            results.append((t, f"num_warps={warps} block_n={block} programs/SM={per_sm}"))
+            results.append((t, f"num_warps={warps} block_n={block}"))
         results.sort()
         for t, cfg in results[:3]:
             print(f"  gram    {dtype_name} k={k}: {bank / t / 1e9:7.0f} GB/s  {cfg}")
         out = torch.empty(n, dtype=dtype, device=DEVICE)
         w = torch.ones(k, device=DEVICE)
         results = []
-        for warps, block in itertools.product((4, 8), (1024, 2048, 4096, 8192)):
+        for warps, block in itertools.product((4, 8), (512, 1024, 2048, 4096)):
             t = _bench(
                 functools.partial(combine_triton, J, w, out=out, block_n=block, num_warps=warps)
             )

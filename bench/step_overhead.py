@@ -1,7 +1,7 @@
 """Step overhead of MOGD (issue 3): time per step and peak extra memory of one multi-objective step.
 
 An MLP with n ≈ 1e6 / 1e7 parameters and k ∈ {2, 4, 8} regression heads (one loss per output), batch
-64, AdamW, all measured in one process on the same data:
+64 (--batch), AdamW, all measured in one process on the same data:
 
   adamw (sum)      plain AdamW on Σ_i L_i: one backward + one step (the floor)
   k bwd + adamw    k backward passes (retain_graph) accumulating into .grad + one AdamW step: the work
@@ -14,12 +14,15 @@ An MLP with n ≈ 1e6 / 1e7 parameters and k ∈ {2, 4, 8} regression heads (one
                    torchjd.autojac.jac_to_grad(params, MGDA()), AdamW step
                    (targets at n = 1e7: MOGD full ≥ 1.5× faster, ≤ 0.6× its peak extra memory)
 
-Time: median wall time of the measured steps (after warm-up steps, which also allocate optimizer state,
-the bank, ...); CUDA is synchronised. Peak extra memory: on CUDA max_memory_allocated above what was
-allocated before the method's optimizer existed; on CPU the resident-set high-water mark (VmHWM, reset
-through /proc/self/clear_refs) above the resident set before, over warm-up and measured steps, so it
-counts AdamW's state and each method's buffers (bank, Jacobian, ...). Ratio columns compare with rows of
-the same (n, k) measured in this run.
+Time: median wall time of the measured steps after warm-up steps; the methods take turns step by step
+(each on its own model), so load from other processes hits them alike; CUDA is synchronised. Peak extra
+memory, measured separately per method over 3 steps on a fresh model: on CUDA max_memory_allocated
+above what was allocated before the method's optimizer existed; on CPU the resident-set high-water mark
+(VmHWM, reset through /proc/self/clear_refs) above the resident set before, with glibc's mmap threshold
+fixed so freed buffers leave the resident set. It counts AdamW's state and each method's buffers (bank,
+Jacobian, ...) and the gradients. "over sum" is the peak above plain AdamW's (the extra memory a
+method costs beyond plain training), "x tjd" that figure over TorchJD's. Ratio columns compare with
+rows of the same (n, k) of this run.
 
     python bench/step_overhead.py            # n ∈ {1e6, 1e7}, k ∈ {2, 4, 8}
     python bench/step_overhead.py --quick    # n = 1e6, k ∈ {2, 4}, fewer steps
@@ -38,7 +41,7 @@ import torch
 
 import mogd
 
-BATCH = 64
+BATCH = 64  # default; small batches make the per-step passes over the parameters weigh most
 
 
 def make_model(n: int, k: int, device: torch.device) -> torch.nn.Sequential:
@@ -136,47 +139,88 @@ def _reset_hwm() -> bool:
         return False
 
 
+def _fix_mmap_threshold() -> None:
+    """Serve large CPU buffers by mmap at a fixed threshold (glibc's default raises it after the first
+    free and keeps later buffers in the heap), so freed tensors leave the resident set and VmHWM
+    measures what is live."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").mallopt(-3, 128 * 1024)  # M_MMAP_THRESHOLD
+    except (OSError, AttributeError):
+        pass
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
 
-def measure(
-    make_opt: Callable, step: Callable, n: int, k: int, device: torch.device, warmup: int, steps: int
-) -> tuple[float, float]:
-    """(median ms per step, peak extra MB) for one method on a fresh model."""
+def _data(
+    n: int, k: int, device: torch.device, batch: int
+) -> tuple[torch.nn.Sequential, torch.Tensor, torch.Tensor]:
     model = make_model(n, k, device)
-    h = model[0].in_features
     g = torch.Generator().manual_seed(1)
-    x = torch.randn(BATCH, h, generator=g).to(device)
-    y = torch.randn(BATCH, k, generator=g).to(device)
+    x = torch.randn(batch, model[0].in_features, generator=g).to(device)
+    y = torch.randn(batch, k, generator=g).to(device)
+    return model, x, y
+
+
+def peak_extra_mb(
+    make_opt: Callable, step: Callable, n: int, k: int, device: torch.device, batch: int
+) -> float:
+    """Peak memory above what was in use before the method's optimizer existed, over 3 steps."""
+    model, x, y = _data(n, k, device, batch)
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
         base = torch.cuda.memory_allocated(device)
+    elif not _reset_hwm():
+        return float("nan")
     else:
-        hwm_ok = _reset_hwm()
         base = _status_kb("VmRSS") * 1024
     opt = make_opt(model)
-    times = []
-    for i in range(warmup + steps):
-        _sync(device)
-        t0 = time.perf_counter()
+    for _ in range(3):
         step(model, opt, x, y)
-        _sync(device)
-        if i >= warmup:
-            times.append(time.perf_counter() - t0)
+    _sync(device)
     if device.type == "cuda":
         peak = torch.cuda.max_memory_allocated(device) - base
     else:
-        peak = _status_kb("VmHWM") * 1024 - base if hwm_ok else float("nan")
+        peak = _status_kb("VmHWM") * 1024 - base
     del opt, model, x, y
     gc.collect()
-    return statistics.median(times) * 1e3, peak / 2**20
+    return peak / 2**20
 
 
-def methods(model_k: int):
+def step_times_ms(
+    runs: list[tuple[Callable, Callable]],
+    n: int,
+    k: int,
+    device: torch.device,
+    batch: int,
+    warmup: int,
+    steps: int,
+) -> list[float]:
+    """Median ms per step of each method. The methods take turns step by step, so that load from
+    other processes on a shared machine hits them alike."""
+    state = []
+    for make_opt, step in runs:
+        model, x, y = _data(n, k, device, batch)
+        state.append((model, make_opt(model), x, y, step))
+    times: list[list[float]] = [[] for _ in runs]
+    for i in range(warmup + steps):
+        for j, (model, opt, x, y, step) in enumerate(state):
+            _sync(device)
+            t0 = time.perf_counter()
+            step(model, opt, x, y)
+            _sync(device)
+            if i >= warmup:
+                times[j].append(time.perf_counter() - t0)
+    return [statistics.median(t) * 1e3 for t in times]
+
+
+def methods(k: int) -> list[tuple[str, Callable, Callable]]:
     adamw = lambda m: torch.optim.AdamW(m.parameters(), lr=1e-4)  # noqa: E731
     return [
         ("adamw (sum)", adamw, step_sum),
@@ -188,6 +232,10 @@ def methods(model_k: int):
     ]
 
 
+def _ratio(a: float, b: float) -> float:
+    return a / b if b > 0 else float("nan")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="n = 1e6, k in {2, 4}, fewer steps")
@@ -195,30 +243,39 @@ def main() -> None:
     parser.add_argument("--sizes", type=float, nargs="+", default=None)
     parser.add_argument("--ks", type=int, nargs="+", default=None)
     parser.add_argument("--steps", type=int, default=None)
+    parser.add_argument("--batch", type=int, default=BATCH, help="rows per step (default 64)")
     args = parser.parse_args()
     device = torch.device(args.device)
+    _fix_mmap_threshold()
     sizes = [int(s) for s in (args.sizes or ([1e6] if args.quick else [1e6, 1e7]))]
     ks = args.ks or ([2, 4] if args.quick else [2, 4, 8])
     steps = args.steps or (4 if args.quick else 10)
     warmup = 2 if args.quick else 3
-    print(f"device {device}, batch {BATCH}, {warmup} warm-up + {steps} measured steps, AdamW")
+    print(f"device {device}, batch {args.batch}, {warmup} warm-up + {steps} measured steps, AdamW")
     header = (
         f"{'n':>9} {'k':>2} {'method':<14} {'ms/step':>9} {'x floor':>8} {'x k-bwd':>8} "
-        f"{'x torchjd':>9} {'peak MB':>9} {'mem x tjd':>9}"
+        f"{'x torchjd':>9} {'peak MB':>9} {'over sum':>9} {'x tjd':>9}"
     )
     print(header)
     print("-" * len(header))
     for n in sizes:
         for k in ks:
-            rows = {}
-            for name, make_opt, step in methods(k):
-                rows[name] = measure(make_opt, step, n, k, device, warmup, steps)
+            table = methods(k)
+            runs = [(m, st) for _, m, st in table]
+            ms = step_times_ms(runs, n, k, device, args.batch, warmup, steps)
+            rows = {
+                name: (t, peak_extra_mb(make_opt, step, n, k, device, args.batch))
+                for (name, make_opt, step), t in zip(table, ms, strict=True)
+            }
             floor, kbwd, tjd = rows["adamw (sum)"], rows["k bwd + adamw"], rows["torchjd mgda"]
             params = sum(p.numel() for p in make_model(n, k, torch.device("cpu")).parameters())
+            tjd_over = tjd[1] - floor[1]
             for name, (ms, mb) in rows.items():
+                over = mb - floor[1]
                 print(
-                    f"{params:>9.2e} {k:>2} {name:<14} {ms:>9.2f} {ms / floor[0]:>8.2f} "
-                    f"{ms / kbwd[0]:>8.2f} {ms / tjd[0]:>9.2f} {mb:>9.1f} {mb / tjd[1]:>9.2f}"
+                    f"{params:>9.2e} {k:>2} {name:<14} {ms:>9.2f} {_ratio(ms, floor[0]):>8.2f} "
+                    f"{_ratio(ms, kbwd[0]):>8.2f} {_ratio(ms, tjd[0]):>9.2f} {mb:>9.1f} "
+                    f"{over:>9.1f} {_ratio(over, tjd_over):>9.2f}"
                 )
             print()
 

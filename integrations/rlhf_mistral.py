@@ -92,8 +92,8 @@ class Config:
     )
     probe: str | None = _opt(
         None,
-        "MOGD probe module name (e.g. lm_head) or 'full' for full mode; None = the "
-        "preset's choice (full on tiny)",
+        "MOGD probe module name (e.g. lm_head, the paper's) or 'full' (per-objective "
+        "gradients of every parameter); None = full on tiny, the preset's choice otherwise",
     )
     critic_init: str | None = _opt(
         None,
@@ -104,8 +104,8 @@ class Config:
         choices=("copy", "head", "score"),
     )
     # -- schedule
-    steps: int = _opt(60, "PPO iterations (rollout + update)")
-    batch_size: int = _opt(16, "prompts per iteration per process")
+    steps: int = _opt(30, "PPO iterations (rollout + update)")
+    batch_size: int = _opt(32, "prompts per iteration per process")
     ppo_epochs: int = _opt(1, "passes over each rollout batch")
     minibatch_size: int = _opt(16, "sequences per optimizer step")
     lr: float = _opt(3e-4, "policy peak learning rate (AdamW)")
@@ -114,7 +114,7 @@ class Config:
     warmup_ratio: float = _opt(0.03, "linear warm-up share of the cosine schedule")
     max_grad_norm: float | None = _opt(1.0, "critic gradient-norm clip (policy: MOGD's own)")
     # -- rollouts
-    max_new_tokens: int = _opt(24, "response length cap")
+    max_new_tokens: int = _opt(64, "response length cap")
     temperature: float = _opt(1.0, "sampling temperature")
     top_p: float = _opt(1.0, "nucleus sampling mass")
     repetition_penalty: float = _opt(1.0, "HF repetition penalty (1 = none)")
@@ -126,8 +126,9 @@ class Config:
     gae_lambda: float = _opt(0.95, "GAE lambda")
     score_clip: float = _opt(50.0, "scores are clipped to [-c, c] (Safe RLHF: 50)")
     whiten_advantages: bool = _opt(
-        True,
-        "whiten each stream's advantages over the batch",
+        False,
+        "whiten each stream's advantages over the batch (off: Safe RLHF; keeps the "
+        "objectives' gradient scales, which GAPO is about)",
         action=argparse.BooleanOptionalAction,
     )
     entropy_coef: float = _opt(0.0, "entropy bonus added to every objective's loss")
@@ -144,7 +145,7 @@ class Config:
     save_every: int = _opt(20, "checkpoint every N iterations (and at the end)")
     eval_size: int = _opt(64, "held-out prompts evaluated at the end (0: skip)")
     sft_seed: int = _opt(0, "seed of the tiny preset's SFT warm-up (cached per seed)")
-    cache_dir: str = _opt(".cache/mogd-tiny", "tiny preset cache (tokenizer, SFT weights)")
+    cache_dir: str = _opt("~/.cache/mogd", "tiny preset cache (tokenizer, SFT policy)")
     device: str | None = _opt(None, "torch device; None = cuda:$LOCAL_RANK if CUDA, else cpu")
     progress: bool = _opt(True, "tqdm progress bar", action=argparse.BooleanOptionalAction)
     plots: bool = _opt(True, "write plots.png at the end", action=argparse.BooleanOptionalAction)
@@ -543,7 +544,8 @@ def build_setup(cfg: Config) -> Any:
     if cfg.preset == "tiny":
         from integrations.tiny import build_tiny_setup
 
-        return build_tiny_setup(cfg.cache_dir, seed=cfg.sft_seed, device=resolve_device(cfg))
+        cache = Path(cfg.cache_dir).expanduser()
+        return build_tiny_setup(cache, seed=cfg.sft_seed, device=resolve_device(cfg))
     from integrations.paper import build_paper_setup
 
     ns = preset_namespace(cfg)
@@ -590,12 +592,9 @@ class Rollout:
 def generate(setup: Any, model: nn.Module, prompts: list[str], cfg: Config) -> Rollout:
     """Sample one response per prompt (temperature, top_p, repetition penalty, max new tokens)."""
     tok = setup.tokenizer
-    enc = tok(
-        [setup.format_prompt(p) for p in prompts],
-        return_tensors="pt",
-        padding=True,
-        add_special_tokens=False,
-    ).to(model.device)
+    enc = tok([setup.format_prompt(p) for p in prompts], return_tensors="pt", padding=True).to(
+        model.device
+    )
     out = model.generate(
         **enc,
         do_sample=True,
@@ -649,6 +648,11 @@ class Plan:
     reward_streams: list[int] = field(default_factory=list)  # safe-rlhf
     cost_streams: list[int] = field(default_factory=list)  # safe-rlhf
 
+    @property
+    def loss_names(self) -> list[str]:
+        """One name per policy loss (what MOGD's weights and cosines are logged under)."""
+        return ["lagrangian"] if self.losses == "lagrangian" else list(self.streams)
+
 
 def make_plan(cfg: Config, scorers: Sequence[Any]) -> Plan:
     import mogd
@@ -682,31 +686,32 @@ def make_plan(cfg: Config, scorers: Sequence[Any]) -> Plan:
     return Plan(names, eye, "lagrangian", one, rewards, costs)
 
 
-def policy_update(opt: Any, losses: list[torch.Tensor], d: Dist) -> Any:
-    """One MOGD step on the per-objective losses (``opt.step(losses)``: full or probe mode).
-
-    With several processes each objective's gradient is averaged across ranks inside its
-    ``opt.objective(i)`` context, before the Gram matrix (DESIGN §5, replicated parameters).
-    """
-    if d.world == 1:
-        return opt.step(losses)
-    params = [p for g in opt.param_groups for p in g["params"]]
-    for i, loss in enumerate(losses):
-        with opt.objective(i):
-            loss.backward(retain_graph=i < len(losses) - 1)
-            for p in params:
-                if p.grad is not None:
-                    dist.all_reduce(p.grad)
-                    p.grad.div_(d.world)
-    return opt.step()
-
-
 # ----------------------------------------------------------------------------- the loop
 
 
-def train(cfg: Config) -> Path:
-    """Train one run; returns its directory (config.json, metrics.jsonl, checkpoint.pt, ...)."""
+def open_run(cfg: Config) -> dict[str, Any] | None:
+    """Check the run directory before anything loads: the checkpoint to resume from (read and
+    verified), or None for a fresh run, whose --out must not hold one. Raises ValueError."""
+    cfg.out = cfg.out or f"runs/{cfg.preset}-{cfg.method}-seed{cfg.seed}"
+    out = Path(cfg.out)
+    if cfg.resume:
+        return load_checkpoint(out, cfg)
+    if (out / CHECKPOINT).exists():
+        raise ValueError(
+            f"--out {out} already holds a run; continue it with --resume {out} or "
+            "choose another --out (nothing was overwritten)"
+        )
+    return None
+
+
+def train(cfg: Config, resume_state: dict[str, Any] | None = None) -> Path:
+    """Train one run; returns its directory (config.json, metrics.jsonl, checkpoint.pt, ...).
+
+    ``resume_state``: what :func:`open_run` returned (it is called here when not given).
+    """
     validate(cfg)
+    if resume_state is None:
+        resume_state = open_run(cfg)
     from tqdm.auto import tqdm
     from transformers import get_cosine_schedule_with_warmup
 
@@ -714,14 +719,7 @@ def train(cfg: Config) -> Path:
 
     device = resolve_device(cfg)
     d = init_distributed(device)
-    out = Path(cfg.out or f"runs/{cfg.preset}-{cfg.method}-seed{cfg.seed}")
-    cfg.out = str(out)
-    resume_state = load_checkpoint(out, cfg) if cfg.resume else None
-    if not cfg.resume and (out / CHECKPOINT).exists():
-        raise ValueError(
-            f"--out {out} already holds a run; continue it with --resume {out} or "
-            f"choose another --out (nothing was overwritten)"
-        )
+    out = Path(cfg.out)
     if d.main:
         out.mkdir(parents=True, exist_ok=True)
         if not cfg.resume:
@@ -737,12 +735,15 @@ def train(cfg: Config) -> Path:
     reference = setup.reference
     critic = build_critic(cfg, setup, plan, device)
     head_critic = cfg.critic_init == "head"  # values read the policy's own hidden states
-    probe_name = cfg.probe if cfg.probe is not None else setup.probe_default
+    # full mode by default on the small model (exact per-objective gradients are cheap there)
+    probe_name = cfg.probe or ("full" if cfg.preset == "tiny" else setup.probe_default)
     probe = None if probe_name in (None, "full") else find_module(policy, probe_name)
 
     trainable = [p for p in policy.parameters() if p.requires_grad]
     inner = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    opt = mogd.MOGD(inner, plan.weighting, probe=probe)
+    # several processes: MOGD averages each objective's gradient over them before the Gram
+    group = dist.group.WORLD if d.world > 1 else None
+    opt = mogd.MOGD(inner, plan.weighting, probe=probe, process_group=group)
     updates_per_step = cfg.ppo_epochs * math.ceil(cfg.batch_size / cfg.minibatch_size)
     total_updates = cfg.steps * updates_per_step
     sched = get_cosine_schedule_with_warmup(
@@ -845,13 +846,15 @@ def train(cfg: Config) -> Path:
                 for i, adv in enumerate(advantages):
                     loss, st = ppo.policy_loss(logp, old_logp[mb], adv[mb], mask[mb], cfg.clip_eps)
                     losses.append(loss - cfg.entropy_coef * entropy)
-                    _add(stats, f"clip_frac/{i}", st.clip_fraction)
-                    _add(stats, f"approx_kl/{i}", st.approx_kl)
-                    _add(stats, f"policy_loss/{i}", float(loss))
-                info = policy_update(opt, losses, d)
+                    name = plan.loss_names[i]
+                    _add(stats, f"clip_frac/{name}", st.clip_fraction)
+                    _add(stats, f"approx_kl/{name}", st.approx_kl)
+                    _add(stats, f"policy_loss/{name}", loss.item())
+                opt.zero_grad(set_to_none=True)
+                info = opt.step(losses)
                 sched.step()
                 _add(stats, "entropy", float(entropy))
-                for key, value in _info_stats(info, len(losses)).items():
+                for key, value in info.as_dict(names=plan.loss_names).items():
                     _add(stats, key, value)
 
                 values = critic(ro.ids[mb], ro.attn[mb], ro.prompt_len, hidden)
@@ -917,28 +920,6 @@ def _add(stats: dict[str, list[float]], key: str, value: float) -> None:
     stats.setdefault(key, []).append(value)
 
 
-def _info_stats(info: Any, k: int) -> dict[str, float]:
-    """MOGD's StepInfo as flat floats: weights/alpha/norms per objective, pairwise cosines."""
-    out: dict[str, float] = {}
-    for key in ("weights", "alpha", "norms"):
-        value = getattr(info, key, None)
-        if value is not None:
-            for i, v in enumerate(torch.as_tensor(value).flatten().tolist()):
-                out[f"{key}/{i}"] = float(v)
-    gram = getattr(info, "gram", None)
-    if gram is not None and k > 1:
-        g = torch.as_tensor(gram, dtype=torch.float64)
-        n = g.diagonal().clamp(min=0).sqrt()
-        for i in range(k):
-            for j in range(i + 1, k):
-                if n[i] > 0 and n[j] > 0:
-                    out[f"cosine/{i}-{j}"] = float(g[i, j] / (n[i] * n[j]))
-    kkt = getattr(info, "kkt_residual", None)
-    if kkt is not None:
-        out["kkt_residual"] = float(kkt)
-    return out
-
-
 def step_metrics(
     step: int,
     plan: Plan,
@@ -964,21 +945,14 @@ def step_metrics(
             row[f"{s.name}/harmless_ratio"] = harmless_ratio(raw[k])
     row["kl"] = float(seq_kl.mean())
     row["response_length"] = float(lengths.mean())
-    loss_names = ["lagrangian"] if plan.losses == "lagrangian" else plan.streams
-    for key, values in stats.items():
-        group, _, idx = key.partition("/")
-        mean = sum(values) / len(values)
-        if group in ("clip_frac", "approx_kl", "policy_loss", "weights", "alpha", "norms"):
-            row[f"{group}/{loss_names[int(idx)]}"] = mean
-        elif group == "cosine":
-            i, j = (int(x) for x in idx.split("-"))
-            row[f"cosine/{loss_names[i]}-{loss_names[j]}"] = mean
-        else:
-            row[key] = mean
-    if len(loss_names) == 2:  # the two-objective conflict indicator shown in the progress bar
-        row["cosine"] = row.get(f"cosine/{loss_names[0]}-{loss_names[1]}")
+    # minibatch means: policy loss / clip fraction / approx KL per loss, MOGD's weight/<name>,
+    # norm/<name>, alpha/<name>, cosine/<a>/<b> (StepInfo.as_dict), value losses, entropy
+    row.update({key: sum(v) / len(v) for key, v in stats.items()})
+    names = plan.loss_names
+    if len(names) == 2:  # the two-objective conflict indicator of the progress bar and plots
+        row["cosine"] = row.get(f"cosine/{names[0]}/{names[1]}")
     for lam, j in zip(multipliers, plan.cost_streams, strict=True):
-        row[f"lambda/{scorers[j].name}"] = lam
+        row[f"lambda/{scorers[j].name}"] = lam  # the multiplier this iteration's update used
     for lag, j in zip(lagrangians, plan.cost_streams, strict=True):
         row[f"lambda_next/{scorers[j].name}"] = lag.value
     return row
@@ -1167,7 +1141,7 @@ def plot_metrics(out: Path) -> Path:
         ("reward (R, or -C)", lambda k: k.endswith("/reward_mean")),
         ("KL to reference", lambda k: k == "kl"),
         ("gradient cosine", lambda k: k.startswith("cosine/")),
-        ("MOGD weights", lambda k: k.startswith("weights/")),
+        ("MOGD weights", lambda k: k.startswith("weight/")),
         ("harmless ratio", lambda k: k.endswith("/harmless_ratio")),
         ("lambda / entropy", lambda k: k.startswith("lambda/") or k == "entropy"),
     ]
@@ -1200,6 +1174,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return evaluate_main(argv)
     try:
         cfg = parse_config(argv)
+        resume_state = None if cfg.dry_run else open_run(cfg)
     except ValueError as err:
         print(f"rlhf_mistral.py: error: {err}", file=sys.stderr)
         return 2
@@ -1211,7 +1186,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             print(json.dumps(dataclasses.asdict(cfg), indent=2))
         return 0
-    out = train(cfg)
+    out = train(cfg, resume_state)
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"run written to {out}")
     return 0

@@ -5,9 +5,10 @@ models: a helpfulness reward model R and a harmlessness cost model C (harmless i
 The tiny preset keeps that shape with models small enough for a CPU:
 
 - :class:`OffensiveLanguageCost` (``name="harmless"``, ``kind="cost"``): the offensive-language
-  classifier of ``alt-profanity-check`` (a calibrated linear SVM on TF-IDF features, trained by
-  its authors on labelled human comments and shipped in the wheel). The cost is the log-odds of
-  "offensive" for the response, ``C = log(p / (1 - p))``, so that, as for the paper's cost
+  classifier of ``alt-profanity-check`` (scikit-learn CountVectorizer + LinearSVC, calibrated;
+  trained by its authors on ~200k human-labelled texts from the Davidson et al. hate-speech and
+  offensive-language data and the Jigsaw Toxic Comment Classification Challenge; shipped in the
+  wheel). The cost is the log-odds of "offensive" for the response, ``C = log(p / (1 - p))``, so that, as for the paper's cost
   model, a response is harmless iff ``C < 0``.
 - :class:`EmbeddingHelpfulness` (``name="helpful"``, ``kind="reward"``): a reward model built
   the way the paper's is, a frozen pretrained encoder plus a scalar head fitted on labelled
@@ -27,6 +28,7 @@ Neither scorer contains rules written here: both numbers come from trained weigh
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import json
 import math
@@ -128,6 +130,12 @@ class SentenceEncoder:
         return out
 
 
+@functools.lru_cache(maxsize=4)
+def shared_encoder(device: str = "cpu") -> SentenceEncoder:
+    """One read-only encoder per device, shared by every scorer (loading it takes seconds)."""
+    return SentenceEncoder(device)
+
+
 def helpfulness_features(e_prompt: torch.Tensor, e_response: torch.Tensor) -> torch.Tensor:
     """phi(q, a) = [c, c^2, c^3, e_q * e_a, e_a] with c = cos(q, a) (rows are unit vectors).
 
@@ -191,7 +199,7 @@ class EmbeddingHelpfulness:
         self.name = name
         self.kind: Literal["reward", "cost"] = "reward"
         self.head = head if head is not None else load_shipped_head()
-        self.encoder = encoder if encoder is not None else SentenceEncoder()
+        self.encoder = encoder if encoder is not None else shared_encoder()
         self._prompt_cache: dict[str, torch.Tensor] = {}
 
     def _embed_prompts(self, prompts: Sequence[str]) -> torch.Tensor:
@@ -199,7 +207,7 @@ class EmbeddingHelpfulness:
         if missing:
             if len(self._prompt_cache) + len(missing) > 100_000:
                 self._prompt_cache.clear()  # bound the memory on endless prompt streams
-            for p, e in zip(missing, self.encoder.encode(missing)):
+            for p, e in zip(missing, self.encoder.encode(missing), strict=True):
                 self._prompt_cache[p] = e
         return torch.stack([self._prompt_cache[p] for p in prompts])
 
@@ -347,7 +355,7 @@ def corpus_sha256(path: Path = DATA_DIR / "train.jsonl") -> str:
 
 def refit_shipped_head(seed: int = 0, l2: float = 1e-4) -> HelpfulnessHead:
     """Refit the head on ``train.jsonl``, report held-out pairwise accuracy on ``eval.jsonl``."""
-    encoder = SentenceEncoder()
+    encoder = shared_encoder()
     q, a, y = helpfulness_examples(_read_rows(DATA_DIR / "train.jsonl"), seed=seed)
     head = fit_helpfulness_head(encoder, q, a, y, l2=l2)
     q_eval, a_eval, _ = helpfulness_examples(_read_rows(DATA_DIR / "eval.jsonl"), seed=seed + 1)

@@ -11,7 +11,8 @@ then stores its columns. No cross-thread reduction and no padding of k to a powe
 needed, the sum order is fixed (deterministic bits), and because a program reads all k values of a
 column before it writes that column (the store depends on every load), ``out`` may be a row of J:
 the in-place update ``J[0] <- Σ_i w_i J[i]`` is race-free, each column being read and written by
-the same program only.
+the same program only. Only the last program masks its columns, so all others use 16-byte loads
+and stores whatever n is.
 """
 
 from __future__ import annotations
@@ -28,24 +29,40 @@ from .gram_triton import check_bank
 
 __all__ = ["combine_reference", "combine_triton"]
 
-BLOCK_BYTES = 8192  # bytes of each row per program: 4 x 16-byte loads per thread with 4 warps
+# 8 elements per thread per row with 4 warps: one or two 16-byte loads per row, ~40 registers
+# (compiled for sm_90), so the SM is filled with threads keeping loads in flight; 2048 or more
+# fp32 columns per program would take 114+ registers and a quarter of the threads.
+BLOCK_N = 1024
 NUM_WARPS = 4
 
 _DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
 
 
 @triton.jit
-def _combine_kernel(J, stride_row, w, out, n, K: tl.constexpr, BLOCK_N: tl.constexpr):
-    pid = tl.program_id(0)
-    col = pid.to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)  # int64: n may exceed 2**31
-    mask = col < n
-    acc = tl.zeros([BLOCK_N], dtype=w.dtype.element_ty)
+def _combine_columns(J, stride_row, w, out, col, n, K: tl.constexpr, MASKED: tl.constexpr):
+    """out[col] = Σ_i w[i] J[i, col] for one program's columns, rows in a fixed order."""
+    mask = col < n if MASKED else None
+    acc = tl.zeros(col.shape, dtype=w.dtype.element_ty)
     row_ptr = J + col
     for i in tl.static_range(K):
-        x = tl.load(row_ptr, mask=mask, other=0.0)
+        x = tl.load(row_ptr, mask=mask, other=0.0 if MASKED else None)
         acc += tl.load(w + i) * x.to(w.dtype.element_ty)
         row_ptr += stride_row
     tl.store(out + col, acc.to(out.dtype.element_ty), mask=mask)
+
+
+# n is not specialized (divisibility by 16, == 1): it changes from call to call, and the full
+# blocks, which carry no mask, are vectorized whatever it is.
+@triton.jit(do_not_specialize=["n", "num_full"])
+def _combine_kernel(J, stride_row, w, out, n, num_full, K: tl.constexpr, BLOCK_N: tl.constexpr):
+    pid = tl.program_id(0)
+    col = tl.cast(pid, tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)  # int64: n may exceed 2**31
+    # Only the ragged last program masks its columns: a mask varying along the contiguous axis
+    # would keep Triton from issuing 16-byte loads and stores.
+    if pid < num_full:
+        _combine_columns(J, stride_row, w, out, col, n, K, False)
+    else:
+        _combine_columns(J, stride_row, w, out, col, n, K, True)
 
 
 def _check_alias(J: torch.Tensor, out: torch.Tensor) -> None:
@@ -87,7 +104,7 @@ def combine_triton(
         w: k weights, any dtype and device (moved to J.device as fp32; float64 for a float64 J).
         out: optional [n] tensor of J's dtype and device to write d into; may be a row of J
             (``out=J[0]``), any other overlap with J is refused.
-        block_n: columns per program (power of two); default ``BLOCK_BYTES`` of each row.
+        block_n: columns per program (power of two >= 16); default ``BLOCK_N`` = 1024.
         num_warps: warps per program (power of two); default 4.
 
     Returns:
@@ -117,9 +134,7 @@ def combine_triton(
     if k == 0:
         return out.zero_()
 
-    block = block_n
-    if block is None:
-        block = max(16, BLOCK_BYTES // J.element_size())
+    block = BLOCK_N if block_n is None else block_n
     if not isinstance(block, int) or block < 16 or block & (block - 1):
         raise ValueError(f"block_n must be a power of two >= 16, got {block!r}")
     warps = NUM_WARPS if num_warps is None else num_warps
@@ -128,6 +143,6 @@ def combine_triton(
     on_cuda = J.device.type == "cuda"
     with torch.cuda.device(J.device) if on_cuda else contextlib.nullcontext():
         _combine_kernel[(triton.cdiv(n, block),)](
-            J, J.stride(0), weights, out, n, K=k, BLOCK_N=block, num_warps=warps
+            J, J.stride(0), weights, out, n, n // block, K=k, BLOCK_N=block, num_warps=warps
         )
     return out

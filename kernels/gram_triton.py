@@ -25,20 +25,27 @@ Layout of the work (all sizes are ``constexpr``):
   [KP, KP, BLOCK] product tensor (KP²·BLOCK/threads registers, 512 per thread at k = 16 with
   BLOCK = 1024) or a cross-thread reduction per pair per block; its FMA count (k² per column) would
   also make k ≥ 8 fp32 compute-bound on the CUDA cores. The tensor cores do it for free.
-* Precision: 16-bit inputs go to the tensor cores as they are, at the backend's default precision
-  (bf16·bf16 and fp16·fp16 products are exact in fp32, accumulated in fp32). fp32 inputs use ``input_precision="bf16x6"``: each operand is
-  split into three bf16 parts (hi + mid + lo carry all 24 mantissa bits) and the six significant
-  partial products are summed in fp32, i.e. fp32-accurate products on the tensor cores. The default
-  "tf32" would keep 10 mantissa bits (≈1e-3 relative error per product); "ieee" would run the whole
-  16×16·K product on the FMA units, compute-bound for small k. (Triton's CPU interpreter accepts
-  only tf32/tf32x3/ieee and always multiplies in fp32 there, so it gets "ieee": same arithmetic.)
+* Precision: 16-bit tiles go to the tensor cores as they are (bf16·bf16 and fp16·fp16 products
+  are exact in fp32, summed in fp32). fp32 tiles are split into three bf16 parts, hi + mid + lo,
+  which carry all 24 mantissa bits, and multiplied in four bf16 MMAs (hi·hi, and hi·mid + hi·lo +
+  ½ mid·mid, whose transpose supplies the mirrored terms): fp32-exact products on the tensor cores.
+  The default ``tl.dot`` precision for fp32, TF32, keeps 10 bits (≈1e-3 relative error per
+  product); "ieee" would run the padded 16×16·K product on the FMA units, compute-bound for small
+  k; Triton's own "bf16x6" needs six MMAs and splits both operands of x·xᵀ separately. The split
+  written out here also runs in the CPU interpreter, so the tests check it.
 * Accumulation: each block's dot is summed in fp32 over BLOCK columns only, then added to a float64
   accumulator (a few fp64 adds per thread per block), so the error does not grow with n (a single
-  fp32 accumulator over 5e7 elements is ~2 % off, DESIGN §4).
-* Determinism: every program writes its own [ROWS, ROWS] float64 partial (no atomics); the host sums
-  the ``programs`` partials with one fixed-order torch reduction, extracts the folded diagonal
-  blocks and mirrors the upper triangle (so G is exactly symmetric). Same input and device, same
-  bits, every run.
+  fp32 accumulator over 5e7 elements is ~2 % off, DESIGN §4). The small split terms have their own
+  accumulator, so hi·hi's rounding does not swallow them.
+* Loads: the full blocks carry no column mask, so the loop issues 16-byte ``cp.async`` copies,
+  software-pipelined over NUM_STAGES; the ragged last block is masked and done once.
+  (Compiled for sm_90 with Triton 3.7: 114–168 registers, no spills for k <= 16, 32 KiB of
+  shared memory, ``mma.sync`` (M = 16 is below wgmma's 64): four dots per fp32 tile, one per
+  16-bit tile.)
+* Determinism: every program writes its own float64 partials (no atomics); the host sums them
+  over the programs with one fixed-order torch reduction, forms sym + cross + crossᵀ, extracts the
+  folded diagonal blocks and mirrors the upper triangle (so G is exactly symmetric). Same input,
+  device and launch configuration: same bits, every run.
 """
 
 from __future__ import annotations
@@ -83,10 +90,11 @@ def _block_gram(ptrs, mask, SPLIT: tl.constexpr, UPCAST: tl.constexpr):
 
     The block's Gram is sym + cross + crossᵀ. 16-bit tiles are multiplied as they are. fp32 tiles
     are split x = hi + mid + lo into bf16 parts (each residual is exact in fp32, so hi + mid + lo
-    carries all 24 bits) and x xᵀ = hi hiᵀ + mid midᵀ + (hi midᵀ + hi loᵀ) + (…)ᵀ up to the
-    mid·lo and lo·lo terms, below 2^-24 relative: fp32-exact products in four bf16 MMAs.
-    As in Triton's own bf16x3 split, NaNs of the small terms are dropped so that an infinite
-    gradient entry gives inf (through hi hiᵀ), not NaN.
+    carries all 24 bits) and x xᵀ = hi hiᵀ + cross + crossᵀ with cross = hi midᵀ + hi loᵀ +
+    ½ mid midᵀ, up to the mid·lo and lo·lo terms (below 2^-24 relative): fp32-exact products in
+    four bf16 MMAs. The small terms are summed apart from hi hiᵀ, so its fp32 rounding does not
+    swallow them. As in Triton's own bf16x6 split, NaNs of the small terms are dropped, so that
+    an infinite gradient entry gives inf (through hi hiᵀ), not NaN.
     """
     x = tl.load(ptrs, mask=mask, other=0.0)
     if SPLIT:
@@ -94,9 +102,8 @@ def _block_gram(ptrs, mask, SPLIT: tl.constexpr, UPCAST: tl.constexpr):
         rest = x - hi.to(tl.float32)
         mid = rest.to(tl.bfloat16)
         lo = (rest - mid.to(tl.float32)).to(tl.bfloat16)
-        sym = _mma(hi, hi, UPCAST) + _zero_nan(_mma(mid, mid, UPCAST))
-        cross = _zero_nan(_mma(hi, mid, UPCAST) + _mma(hi, lo, UPCAST))
-        return sym.to(tl.float64), cross.to(tl.float64)
+        cross = _mma(hi, mid, UPCAST) + _mma(hi, lo, UPCAST) + 0.5 * _mma(mid, mid, UPCAST)
+        return _mma(hi, hi, UPCAST).to(tl.float64), _zero_nan(cross).to(tl.float64)
     sym = _mma(x, x, UPCAST)
     return sym.to(tl.float64), tl.zeros_like(sym).to(tl.float64)
 

@@ -249,6 +249,8 @@ def register_hooks(
                 fn(grad)
 
         handles.append(p.register_post_accumulate_grad_hook(post))
-        if p.grad_fn is None and p.requires_grad and not hasattr(p, "device_mesh"):
+        if not hasattr(p, "device_mesh"):
+            # a sharded (FSDP2) parameter is not in the autograd graph: FSDP2 calls its
+            # post-accumulate hooks itself, and reduce-scattered shards are dense anyway
             handles.append(p.register_hook(pre))
     return handles

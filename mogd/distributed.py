@@ -103,7 +103,9 @@ def find_ddp_modules(params: Sequence[torch.Tensor]) -> list[torch.nn.Module]:
     ids = {id(p) for p in params}
     found: list[torch.nn.Module] = []
     for obj in gc.get_objects():
-        if isinstance(obj, DistributedDataParallel):
+        # type(), not isinstance(): isinstance reads __class__, which some deprecation shims
+        # among the live objects (torch.distributed.reduce_op) answer with a warning
+        if issubclass(type(obj), DistributedDataParallel):
             if any(id(q) in ids for q in obj.module.parameters()):
                 found.append(obj)
     return found

@@ -21,6 +21,7 @@ __all__ = ["Backend", "combine", "gram", "resolve_backend"]
 Backend = Literal["auto", "triton", "torch"]
 Grads = torch.Tensor | Sequence[Sequence[torch.Tensor]] | Sequence[torch.Tensor]
 _BACKENDS = ("auto", "triton", "torch")
+_TRITON_GRAM_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
 def resolve_backend(backend: str, device: torch.device) -> str:
@@ -94,9 +95,13 @@ def gram(grads: Grads, *, backend: Backend = "auto") -> torch.Tensor:
     if isinstance(grads, torch.Tensor):
         _check_bank(grads)
         if resolve_backend(backend, grads.device) == "triton":
-            from mogd.kernels.gram_triton import gram_triton
+            from mogd.kernels.gram_triton import MAX_K, gram_triton
 
-            return gram_triton(grads)
+            # "auto" falls back to torch where the kernel has no variant (float64, k > MAX_K);
+            # an explicit "triton" lets the kernel raise and name the fix.
+            fits = grads.dtype in _TRITON_GRAM_DTYPES and grads.shape[0] <= MAX_K
+            if fits or backend == "triton":
+                return gram_triton(grads)
         return gram_torch(grads)
     lists = _as_lists(grads)
     resolve_backend(backend, lists[0][0].device if lists[0] else torch.device("cpu"))

@@ -34,7 +34,7 @@ from mogd.weighting import GAPO, Weighting
 __all__ = ["MOGD", "StepInfo"]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class StepInfo:
     """What one :meth:`MOGD.step` computed, as plain CPU tensors and floats (identical on every rank).
 
@@ -443,12 +443,13 @@ class MOGD(Optimizer):
             return self._skip(G, bad, by_scaler=False, bank=None)
         result = self.weighting.solve(G)
         weights = result.weights
-        terms = [float(w) * loss for w, loss in zip(weights.tolist(), checked, strict=True) if w]
-        if terms:
+        # zero weights are left out rather than multiplied: 0 · (an Inf outside the probe) is NaN
+        pairs = [(w, loss) for w, loss in zip(weights.tolist(), checked, strict=True) if w]
+        if pairs:
             with torch.enable_grad():
-                total = terms[0]
-                for term in terms[1:]:
-                    total = total + term
+                total = pairs[0][0] * pairs[0][1]
+                for w, loss in pairs[1:]:
+                    total = total + w * loss
             total.backward()
         bank.reset()
         trainable = self._trainable()
@@ -471,6 +472,8 @@ class MOGD(Optimizer):
         found_inf = getattr(self, "found_inf", None)
         if found_inf is None:
             if self._amp is None:
+                # no scaler at the first step: stop guarding objective exits for one (a scaler
+                # brought in later is guarded from its second step on)
                 self._amp = False
             return None, False
         self._amp = True
@@ -595,6 +598,8 @@ class MOGD(Optimizer):
 
     def _full_bank(self) -> GradientBank:
         """The bank over all trainable parameters, rebuilt when they changed between steps."""
+        if self._bank is not None and self._bank.live:
+            return self._bank  # mid-accumulation: the parameter set cannot change now
         topology = self._ensure_topology()
         params = self._trainable()
         signature = tuple(id(p) for p in params)

@@ -241,7 +241,9 @@ def reference(probe=False, plant_step=None, form="losses"):
 
 def assert_same_on_all_ranks(results, key):
     for r in results[1:]:
-        assert torch.equal(r[key]["weights"].nan_to_num(-1), results[0][key]["weights"].nan_to_num(-1))
+        assert torch.equal(
+            r[key]["weights"].nan_to_num(-1), results[0][key]["weights"].nan_to_num(-1)
+        )
         assert torch.equal(r[key]["gram"].nan_to_num(-1), results[0][key]["gram"].nan_to_num(-1))
         assert r[key]["skipped"] == results[0][key]["skipped"]
 

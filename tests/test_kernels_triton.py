@@ -12,6 +12,7 @@ rounding bounds (fp32 sums over one block, one final rounding to the output dtyp
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -20,7 +21,7 @@ import torch
 
 import mogd
 
-pytest.importorskip("triton")
+triton = pytest.importorskip("triton")
 
 from mogd.kernels import combine_triton as combine_mod  # noqa: E402
 from mogd.kernels import gram_triton as gram_mod  # noqa: E402
@@ -35,7 +36,7 @@ if not INTERPRETED and not torch.cuda.is_available():
 
 DEVICE = "cpu" if INTERPRETED else "cuda"
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
-SIZES = (0, 1, 37, 1000, 2049)  # empty, single column, ragged, and many blocks of the small tile
+SIZES = (0, 1, 37, 1000, 2049)  # empty, single column, ragged, many blocks of the combine tile
 SMALL = {"block_n": 16, "num_warps": 2, "programs": 3}  # test-only tile: 2·16·FOLD columns
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -104,7 +105,9 @@ def _weights(k: int, seed: int = 1) -> torch.Tensor:
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("k", range(1, 17))
 def test_gram_matches_float64_reference(k: int, dtype: torch.dtype) -> None:
-    for n in SIZES:
+    fold = 16 // triton.next_power_of_2(k)
+    several = 5 * SMALL["num_warps"] * fold * SMALL["block_n"] + 7  # 5 full blocks + a tail
+    for n in (0, 1, 37, several):
         J = _bank(k, n, dtype, seed=k * 100 + n)
         G = gram_triton(J, **SMALL)
         if n == 0:
@@ -297,6 +300,65 @@ def test_mogd_ops_reach_the_kernels(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MOGD_BACKEND", "triton")
     _assert_gram_close(mogd.gram(J), J)
     assert calls == {"gram": 2, "combine": 1}
+
+
+# Compiles the kernels for an H100 (sm_90) without a GPU, as Triton does before a launch, and
+# checks the PTX/ptxas facts the bandwidth depends on. Runs in a fresh process: this one may have
+# triton in interpreter mode.
+_SM90_CHECK = r"""
+import os, re, subprocess, sys, tempfile
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from mogd.kernels.combine_triton import _combine_kernel
+from mogd.kernels.gram_triton import _gram_partials_kernel
+
+PTXAS = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
+if not os.path.exists(PTXAS):
+    sys.exit(3)
+
+def build(fn, types, constexprs, aligned, num_warps):
+    sig = {name: "constexpr" if name in constexprs else types.get(name, "i32")
+           for name in fn.arg_names}
+    attrs = {(fn.arg_names.index(a),): [["tt.divisibility", 16]] for a in aligned}
+    src = ASTSource(fn, sig, constexprs, attrs)
+    kernel = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": num_warps})
+    ptx = kernel.asm["ptx"]
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "k.ptx")
+        open(path, "w").write(ptx)
+        info = subprocess.run([PTXAS, "-v", "--gpu-name=sm_90a", path, "-o", path + ".o"],
+                              capture_output=True, text=True, check=True).stderr
+    spills = [int(x) for x in re.findall(r"(\d+) bytes spill stores", info)]
+    return ptx, max(spills, default=0)
+
+for dtype, block, rows, fold in (("fp32", 64, 16, 8), ("bf16", 128, 16, 2)):
+    ptx, spills = build(
+        _gram_partials_kernel, {"J": "*" + dtype, "partials": "*fp64"},
+        {"BATCH": 4, "ROWS": rows, "FOLD": fold, "BLOCK": block, "SPLIT": dtype == "fp32",
+         "UPCAST": False, "NUM_STAGES": 3}, ("J", "stride_row", "partials"), 4)
+    assert spills == 0, ("gram", dtype, "spills", spills)
+    assert re.search(r"cp\.async\.cg\.shared\.global \[[^]]*\], \[[^]]*\], 0x10", ptx), "gram loads"
+    assert "mma.sync" in ptx, "gram must use the tensor cores"
+for dtype in ("fp32", "bf16"):
+    ptx, spills = build(
+        _combine_kernel, {"J": "*" + dtype, "w": "*fp32", "out": "*" + dtype},
+        {"K": 8, "BLOCK_N": 1024}, ("J", "stride_row", "w", "out"), 4)
+    assert spills == 0, ("combine", dtype, "spills", spills)
+    assert "ld.global.v4" in ptx and "st.global.v4" in ptx, "combine must use 16-byte accesses"
+print("ok")
+"""
+
+
+def test_kernels_compile_for_h100_with_wide_loads_and_no_spills() -> None:
+    """Without a GPU: the H100 build uses 16-byte (pipelined) loads, MMAs, and spills nothing."""
+    env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
+    run = subprocess.run(
+        [sys.executable, "-c", _SM90_CHECK], env=env, capture_output=True, text=True, timeout=300
+    )
+    if run.returncode == 3:
+        pytest.skip("this triton build ships no ptxas")
+    assert run.returncode == 0 and run.stdout.strip() == "ok", run.stderr[-3000:]
 
 
 def test_importing_mogd_does_not_import_triton() -> None:

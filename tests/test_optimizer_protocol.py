@@ -349,3 +349,33 @@ def test_accelerate_prepare(accelerator):
     sd = popt.state_dict()
     assert sd["mogd"]["step"] == 3
     popt.load_state_dict(sd)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_autocast_fp16_grad_scaler():
+    model = make_model().cuda()
+    opt = MOGD(torch.optim.AdamW(model.parameters(), lr=1e-3))
+    # 2^8, not the default 2^16: fp16 activation gradients of this model would overflow at 2^16,
+    # and those (legitimate) skips are not what this test is about
+    scaler = torch.amp.GradScaler("cuda", init_scale=2.0**8, growth_interval=1000)
+    x = X.cuda()
+
+    def step(bad=None):
+        opt.zero_grad()
+        for i in range(2):
+            with opt.objective(i):
+                with torch.autocast("cuda", dtype=torch.float16):
+                    loss = two_losses(model, x, bad=bad if bad == i else None)[i]
+                scaler.scale(loss.float()).backward()
+        info = scaler.step(opt)
+        scaler.update()
+        return info
+
+    assert not step().skipped
+    scale = scaler.get_scale()
+    params = [p.detach().clone() for p in model.parameters()]
+    assert step(bad=0).skipped and scaler.get_scale() == scale / 2
+    for p, q in zip(model.parameters(), params, strict=True):
+        assert torch.equal(p, q)
+    info = step()
+    assert not info.skipped and torch.isfinite(info.weights).all()

@@ -68,3 +68,171 @@ def test_help_lists_every_option_with_its_default(capsys):
             continue
         assert "--" + f.name.replace("_", "-") in text
     assert "(default: 0.05)" in text and "(default: 0.1)" in text  # β and ε of Table 2
+
+
+# --------------------------------------------------------------------------- end to end
+
+SFT_STEPS = 40  # a short SFT: the tests check the pipeline, not the policy's prose
+
+
+@pytest.fixture(scope="module")
+def tiny_cache(tmp_path_factory):
+    from integrations.tiny import build_tiny_setup
+
+    cache = tmp_path_factory.mktemp("tiny-cache")
+    build_tiny_setup(cache, seed=0, sft_steps=SFT_STEPS)  # built once, loaded by every run
+    return cache
+
+
+@pytest.fixture
+def tiny(tiny_cache, monkeypatch):
+    from integrations.tiny import build_tiny_setup
+
+    def build(cfg):
+        return build_tiny_setup(tiny_cache, seed=cfg.sft_seed, sft_steps=SFT_STEPS)
+
+    monkeypatch.setattr(rl, "build_setup", build)
+    return build
+
+
+def run(out, *argv):
+    cfg = rl.parse_config([*TINY_RUN, "--out", str(out), *argv])
+    rl.train(cfg)
+    return out, rl.read_metrics(out / "metrics.jsonl")
+
+
+def finite(x):
+    return isinstance(x, float) and math.isfinite(x)
+
+
+MULTI = {
+    "gapo-p1": ["--method", "gapo", "--p", "1"],
+    "gapo-p2-raw": ["--method", "gapo", "--p", "2", "--update", "raw"],
+    "mgda": ["--method", "mgda"],
+    "pgapo": ["--method", "pgapo", "--preference", "0.3", "0.7"],
+}
+SINGLE = {
+    "morlhf": ["--method", "morlhf", "--preference", "0.3", "0.7"],
+    "ppo-h": ["--method", "ppo-h"],
+    "ppo-s": ["--method", "ppo-s"],
+    "safe-rlhf": ["--method", "safe-rlhf", "--lambda-lr", "0.5"],
+}
+
+
+@pytest.mark.parametrize("name", [*MULTI, *SINGLE])
+def test_every_method_trains(name, tiny, tmp_path):
+    argv = {**MULTI, **SINGLE}[name]
+    sft = tiny(rl.Config()).policy.state_dict()
+    out, rows = run(tmp_path / name, *argv)
+    assert [r["step"] for r in rows] == [1, 2]
+    for r in rows:
+        for key in ("helpful/reward_mean", "helpful/reward_std", "harmless/reward_mean",
+                    "harmless/cost_mean", "harmless/harmless_ratio", "kl", "entropy",
+                    "response_length", "lr"):  # fmt: skip
+            assert finite(r[key]), (key, r)
+        assert r["harmless/reward_mean"] == pytest.approx(-r["harmless/cost_mean"])
+        assert 0.0 <= r["harmless/harmless_ratio"] <= 1.0
+        assert 1 <= r["response_length"] <= 8
+    state = torch.load(out / rl.CHECKPOINT, weights_only=False)
+    assert state["step"] == 2
+    moved = [n for n, v in state["policy"].items() if not torch.equal(v, sft[n])]
+    assert moved, "the policy did not change"
+    result = json.loads((out / "eval.json").read_text())
+    assert set(result["objectives"]) == {"helpful", "harmless"} and result["prompts"] == 4
+    assert 0.0 <= result["harmless_ratio"] <= 1.0
+
+    if name in MULTI:  # two policy losses through MOGD: weights, norms, cosine logged
+        for r in rows:
+            assert -1.0 <= r["cosine"] <= 1.0
+            w = [r["weight/helpful"], r["weight/harmless"]]
+            n = [r["norm/helpful"], r["norm/harmless"]]
+            assert all(x > 0 for x in n)
+            if name == "pgapo":  # Eq. 8: w_i = λ_i / ‖g_i‖
+                assert w[0] * n[0] == pytest.approx(0.3) and w[1] * n[1] == pytest.approx(0.7)
+            if name == "gapo-p1":  # k = 2, p = 1: α = (½, ½) on the unit gradients
+                assert r["alpha/helpful"] == pytest.approx(0.5)
+                assert w[0] * n[0] == pytest.approx(0.5)
+            if name == "mgda":
+                assert w[0] + w[1] == pytest.approx(1.0)
+    else:
+        assert "cosine" not in rows[0] or rows[0]["cosine"] is None
+    if name == "safe-rlhf":  # dual ascent on log λ with d = 0 over the window of costs so far
+        lam = rows[0]["lambda/harmless"]
+        assert lam == pytest.approx(1.0)
+        expected = math.exp(0.5 * lam * rows[0]["harmless/cost_mean"])
+        assert rows[0]["lambda_next/harmless"] == pytest.approx(min(expected, 5.0), rel=1e-5)
+        assert rows[1]["lambda/harmless"] == rows[0]["lambda_next/harmless"]
+
+
+def test_probe_mode_and_plots(tiny, tmp_path):
+    out, rows = run(tmp_path / "probe", "--method", "gapo", "--probe", "lm_head", "--plots")
+    assert all(finite(r["weight/helpful"]) for r in rows)
+    assert (out / "plots.png").stat().st_size > 0
+    with pytest.raises(ValueError, match="--probe"):
+        run(tmp_path / "bad-probe", "--probe", "no_such_module")
+
+
+def _interrupt_after(monkeypatch, n_rollouts):
+    real = rl.generate
+    calls = {"n": 0}
+
+    def generate(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] > n_rollouts:
+            raise KeyboardInterrupt  # the process dies mid-run
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(rl, "generate", generate)
+    return real
+
+
+def test_resume_continues_exactly(tiny, tmp_path, monkeypatch):
+    argv = ["--method", "gapo", "--steps", "3", "--save-every", "2", "--eval-size", "0"]
+    full, full_rows = run(tmp_path / "full", *argv)
+
+    real = _interrupt_after(monkeypatch, 3)  # checkpoint at 2, killed during iteration 3's update
+    with pytest.raises(KeyboardInterrupt):
+        rl.train(rl.parse_config([*TINY_RUN, "--out", str(tmp_path / "cut"), *argv]))
+    monkeypatch.setattr(rl, "generate", real)
+    assert torch.load(tmp_path / "cut" / rl.CHECKPOINT, weights_only=False)["step"] == 2
+    rl.train(rl.parse_config(["--resume", str(tmp_path / "cut")]))
+
+    a = torch.load(full / rl.CHECKPOINT, weights_only=False)
+    b = torch.load(tmp_path / "cut" / rl.CHECKPOINT, weights_only=False)
+    assert a["step"] == b["step"] == 3
+    for name in a["policy"]:
+        assert torch.equal(a["policy"][name], b["policy"][name]), name
+    for name in a["critic"]:
+        assert torch.equal(a["critic"][name], b["critic"][name]), name
+    cut_rows = rl.read_metrics(tmp_path / "cut" / "metrics.jsonl")
+    assert [r["step"] for r in cut_rows] == [1, 2, 3]
+    for x, y in zip(full_rows, cut_rows, strict=True):
+        assert x["helpful/reward_mean"] == y["helpful/reward_mean"]
+        assert x["weight/harmless"] == y["weight/harmless"]
+
+
+def test_bad_checkpoints_fail_clearly_and_touch_nothing(tiny, tmp_path, capsys):
+    out, _ = run(tmp_path / "run", "--method", "mgda", "--steps", "1", "--eval-size", "0")
+
+    assert rl.main(["--resume", str(out), "--lr", "1.0"]) == 2  # a changed option
+    assert "--lr" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="already holds a run"):
+        run(out, "--method", "mgda", "--steps", "1")  # same --out without --resume
+
+    bad = tmp_path / "corrupt"
+    shutil.copytree(out, bad)
+    blob = (bad / rl.CHECKPOINT).read_bytes()[:1000]
+    (bad / rl.CHECKPOINT).write_bytes(blob)
+    assert rl.main(["--resume", str(bad)]) == 2
+    assert "corrupt" in capsys.readouterr().err
+    assert (bad / rl.CHECKPOINT).read_bytes() == blob
+
+    other = tmp_path / "mismatch"
+    shutil.copytree(out, other)
+    cfg = json.loads((other / "config.json").read_text())
+    cfg["beta"] = 0.2
+    (other / "config.json").write_text(json.dumps(cfg))
+    before = (other / rl.CHECKPOINT).read_bytes()
+    assert rl.main(["--resume", str(other)]) == 2
+    assert "another configuration" in capsys.readouterr().err
+    assert (other / rl.CHECKPOINT).read_bytes() == before
