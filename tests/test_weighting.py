@@ -17,6 +17,8 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from reference import brute_force_min_norm as ref_min_norm
+from reference import kkt_violation
 
 import mogd
 
@@ -27,45 +29,8 @@ P_VALUES = (0.0, 0.5, 1.0, 2.0, 3.0)
 
 
 # ---------------------------------------------------------------------------------------------
-# Independent float64 references (same method as tests/test_solver.py, kept local to this file)
+# Independent float64 references (the min-norm QP itself: tests/reference.py)
 # ---------------------------------------------------------------------------------------------
-
-
-def ref_min_norm(G: np.ndarray) -> tuple[float, np.ndarray]:
-    """min over the simplex of a^T G a by enumerating supports and solving each support's KKT
-    system [G_SS 1; 1^T 0][a; -mu] = [0; 1] with lstsq (G normalised by its max diagonal)."""
-    k = G.shape[0]
-    m = float(np.max(np.diag(G)))
-    Gn = G / m if m > 0 else G
-    best_v, best_a = np.inf, None
-    for size in range(1, k + 1):
-        for S in itertools.combinations(range(k), size):
-            S = list(S)
-            A = np.zeros((size + 1, size + 1))
-            A[:size, :size] = Gn[np.ix_(S, S)]
-            A[:size, size] = 1.0
-            A[size, :size] = 1.0
-            b = np.zeros(size + 1)
-            b[size] = 1.0
-            sol = np.linalg.lstsq(A, b, rcond=None)[0][:size]
-            if not np.all(np.isfinite(sol)) or sol.min() < -1e-9:
-                continue
-            a = np.zeros(k)
-            a[S] = np.clip(sol, 0.0, None)
-            a /= a.sum()
-            v = float(a @ G @ a)
-            if v < best_v:
-                best_v, best_a = v, a
-    return best_v, best_a
-
-
-def kkt_violation(G: np.ndarray, a: np.ndarray) -> float:
-    m = float(np.max(np.diag(G)))
-    if m == 0.0:
-        return 0.0
-    Ga = G @ a
-    v = float(a @ Ga)
-    return max(0.0, v - float(Ga.min()), float(np.max(np.abs(Ga[a > 0] - v)))) / m
 
 
 def rescaled_gram(G: np.ndarray, p: float) -> tuple[np.ndarray, np.ndarray]:
