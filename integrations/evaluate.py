@@ -114,17 +114,31 @@ def evaluate_run(run: Path, n_prompts: int | None = None) -> dict[str, Any]:
                     f"{run}: checkpoint parameter {name} is not in the preset's policy"
                 )
             params[name].copy_(value)
-    return evaluate_policy(setup, setup.policy, cfg, n_prompts or cfg.eval_size or None)
+    return evaluate_policy(setup, setup.policy, cfg, n_prompts or cfg.eval_size)
+
+
+def _check_same_run(out: Path, cfg: rl.Config) -> None:
+    """A directory reused by sweep/compare must hold a run of this very configuration."""
+    path = out / "config.json"
+    if path.is_file() and rl.config_hash(rl.Config(**json.loads(path.read_text()))) != (
+        rl.config_hash(cfg)
+    ):
+        raise ValueError(
+            f"{out} holds a run of another configuration (other training options?); "
+            "pass another --out or delete it"
+        )
 
 
 def evaluate_sft(cfg: rl.Config, out: Path) -> dict[str, Any]:
     """The SFT policy (the preset's policy before any RL), written to ``out/eval.json``."""
+    _check_same_run(out, cfg)
     if (out / "eval.json").is_file():
         return json.loads((out / "eval.json").read_text())
     rl.seed_everything(cfg.seed)
     setup = rl.build_setup(cfg)
-    result = evaluate_policy(setup, setup.policy, cfg, cfg.eval_size or None)
+    result = evaluate_policy(setup, setup.policy, cfg, cfg.eval_size)
     out.mkdir(parents=True, exist_ok=True)
+    rl._atomic_write_text(out / "config.json", json.dumps(dataclasses.asdict(cfg), indent=2))
     write_eval(out / "eval.json", result)
     return result
 
@@ -132,6 +146,7 @@ def evaluate_sft(cfg: rl.Config, out: Path) -> dict[str, Any]:
 def train_and_evaluate(cfg: rl.Config) -> dict[str, Any]:
     """Train ``cfg`` (reusing a finished run, resuming a stopped one) and return its eval.json."""
     out = Path(cfg.out)
+    _check_same_run(out, cfg)
     if (out / "eval.json").is_file():
         return json.loads((out / "eval.json").read_text())
     if (out / rl.CHECKPOINT).is_file():
@@ -328,7 +343,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--eval-size",
         type=int,
         default=None,
-        help="held-out prompts to use; None = the run's --eval-size",
+        help="held-out prompts to use; None = the run's --eval-size (all)",
     )
     sw = sub.add_parser(
         "sweep",
@@ -351,14 +366,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     args, rest = build_parser().parse_known_args(argv)
     try:
         if args.command == "evaluate":
-            if rest:
-                raise ValueError(f"evaluate: unrecognised options {' '.join(rest)}")
             if args.sft == (args.run is not None):
                 raise ValueError("evaluate: pass exactly one of --run DIR and --sft")
             if args.run is not None:
+                if rest:
+                    raise ValueError(f"evaluate --run: unrecognised options {' '.join(rest)}")
                 result = evaluate_run(Path(args.run), args.eval_size)
-            else:
-                cfg = rl.parse_config(["--no-progress"])
+            else:  # preset and decoding options as for training (--preset, --cache-dir, ...)
+                cfg = rl.parse_config([*rest, "--no-progress"])
                 cfg = dataclasses.replace(cfg, eval_size=args.eval_size or cfg.eval_size)
                 rl.seed_everything(cfg.seed)
                 setup = rl.build_setup(cfg)

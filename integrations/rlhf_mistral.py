@@ -1,6 +1,6 @@
 """Multi-objective RLHF with PPO and mogd.MOGD: the training loop of the GAPO paper, App. B.
 
-    python integrations/rlhf_mistral.py --preset tiny --method gapo --p 1 --steps 60 --out runs/x
+    python integrations/rlhf_mistral.py --preset tiny --method gapo --p 1 --seed 0 --out runs/x
     python integrations/rlhf_mistral.py --resume runs/x          # continue exactly where it stopped
     python integrations/rlhf_mistral.py --help                    # every option with its default
     python integrations/rlhf_mistral.py evaluate|sweep|compare    # -> integrations/evaluate.py
@@ -17,10 +17,13 @@ One PPO iteration ("step"):
 Methods (--method): gapo (--p, --update), mgda, pgapo (--preference), morlhf (PPO on the linearly
 scalarised reward Σ c_i r_i, --preference), ppo-h / ppo-s (PPO on the helpful / harmless objective
 alone), safe-rlhf (PPO-Lagrangian: reward objectives maximised s.t. E[cost] <= threshold).
-The critic is a separate copy of the SFT trunk with one linear value head per stream (--critic
-copy): value losses then never reach the policy's per-objective gradients, which MOGD must see
-unmixed (Safe RLHF also keeps reward and cost critics apart from the actor). --critic head puts the
-heads on the policy's detached last hidden state instead (no second trunk: for 7B models).
+The critic (--critic-init copy, the tiny default) is a separate copy of the SFT trunk with one
+linear value head per stream: value losses then never reach the policy's per-objective gradients,
+which MOGD must see unmixed (Safe RLHF also keeps its reward and cost critics apart from the
+actor). --critic-init head puts the heads on the policy's detached last hidden state (no second
+trunk: the 7B default); --critic-init score starts one critic per objective from its score model.
+Outputs in --out: config.json, metrics.jsonl (one row per iteration), checkpoint.pt, plots.png,
+eval.json (held-out Table 1 columns).
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
+import functools
 import hashlib
 import json
 import math
@@ -62,11 +66,7 @@ SUBCOMMANDS = ("evaluate", "sweep", "compare")
 
 def _opt(default: Any, help: str, **argparse_kwargs: Any) -> Any:
     """A Config field carrying its --help text (and any extra argparse settings)."""
-    factory = (lambda: list(default)) if isinstance(default, list) else None
-    meta = {"help": help, **argparse_kwargs}
-    if factory is not None:
-        return field(default_factory=factory, metadata=meta)
-    return field(default=default, metadata=meta)
+    return field(default=default, metadata={"help": help, **argparse_kwargs})
 
 
 @dataclass
@@ -93,7 +93,7 @@ class Config:
     probe: str | None = _opt(
         None,
         "MOGD probe module name (e.g. lm_head, the paper's) or 'full' (per-objective "
-        "gradients of every parameter); None = full on tiny, the preset's choice otherwise",
+        "gradients of every parameter); None = the preset's choice (full on tiny, lm_head on 7B)",
     )
     critic_init: str | None = _opt(
         None,
@@ -104,15 +104,15 @@ class Config:
         choices=("copy", "head", "score"),
     )
     # -- schedule
-    steps: int = _opt(30, "PPO iterations (rollout + update)")
+    steps: int = _opt(150, "PPO iterations (rollout + update)")
     batch_size: int = _opt(32, "prompts per iteration per process")
     ppo_epochs: int = _opt(1, "passes over each rollout batch")
     minibatch_size: int = _opt(16, "sequences per optimizer step")
-    lr: float = _opt(3e-4, "policy peak learning rate (AdamW)")
+    lr: float = _opt(1e-4, "policy peak learning rate (AdamW)")
     critic_lr: float = _opt(1e-3, "critic learning rate (AdamW, constant)")
     weight_decay: float = _opt(0.0, "policy AdamW weight decay")
     warmup_ratio: float = _opt(0.03, "linear warm-up share of the cosine schedule")
-    max_grad_norm: float | None = _opt(1.0, "critic gradient-norm clip (policy: MOGD's own)")
+    max_grad_norm: float | None = _opt(1.0, "critic gradient-norm clip (MOGD's policy step: none)")
     # -- rollouts
     max_new_tokens: int = _opt(64, "response length cap")
     temperature: float = _opt(1.0, "sampling temperature")
@@ -142,8 +142,10 @@ class Config:
     # -- bookkeeping
     seed: int = _opt(0, "random seed")
     out: str | None = _opt(None, "run directory; None = runs/<preset>-<method>-seed<seed>")
-    save_every: int = _opt(20, "checkpoint every N iterations (and at the end)")
-    eval_size: int = _opt(64, "held-out prompts evaluated at the end (0: skip)")
+    save_every: int = _opt(25, "checkpoint every N iterations (and at the end)")
+    eval_size: int | None = _opt(
+        None, "held-out prompts evaluated at the end; None = all of them, 0 = skip"
+    )
     sft_seed: int = _opt(0, "seed of the tiny preset's SFT warm-up (cached per seed)")
     cache_dir: str = _opt("~/.cache/mogd", "tiny preset cache (tokenizer, SFT policy)")
     device: str | None = _opt(None, "torch device; None = cuda:$LOCAL_RANK if CUDA, else cpu")
@@ -245,7 +247,7 @@ def validate(cfg: Config) -> None:
         "lambda_update_delay",
         "eval_size",
     ):
-        if getattr(cfg, name) < 0:
+        if getattr(cfg, name) is not None and getattr(cfg, name) < 0:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 0; got {getattr(cfg, name)}")
     for name in ("gamma", "gae_lambda", "warmup_ratio"):
         if not 0 <= getattr(cfg, name) <= 1:
@@ -280,10 +282,7 @@ def build_parser() -> argparse.ArgumentParser:
             continue
         kwargs = dict(f.metadata)
         if "action" not in kwargs and "type" not in kwargs:
-            base = type(f.default) if f.default is not None else str
-            kwargs["type"] = {int: int, float: float}.get(base, str)
-            if f.name in ("max_grad_norm", "clip_value", "lambda_max"):
-                kwargs["type"] = _float_or_none
+            kwargs["type"] = _PARSERS.get(str(f.type), str)
         flag = "--" + f.name.replace("_", "-")
         parser.add_argument(flag, dest=f.name, default=f.default, **kwargs)
     add_paper_arguments(parser)
@@ -292,6 +291,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _float_or_none(text: str) -> float | None:
     return None if text.lower() == "none" else float(text)
+
+
+def _int_or_none(text: str) -> int | None:
+    return None if text.lower() == "none" else int(text)
+
+
+# Config annotations (strings under `from __future__ import annotations`) -> argparse types
+_PARSERS = {"int": int, "float": float, "float | None": _float_or_none, "int | None": _int_or_none}
 
 
 def _config_from(parser: argparse.ArgumentParser, values: dict[str, Any]) -> Config:
@@ -420,8 +427,13 @@ def prompt_indices(step: int, batch: int, n: int, seed: int, d: Dist) -> list[in
     out = []
     for pos in range(step * per_step + d.rank, (step + 1) * per_step, d.world):
         epoch, offset = divmod(pos, n)
-        out.append(int(np.random.default_rng([seed, epoch]).permutation(n)[offset]))
+        out.append(_epoch_order(seed, epoch, n)[offset])
     return out
+
+
+@functools.lru_cache(maxsize=4)
+def _epoch_order(seed: int, epoch: int, n: int) -> list[int]:
+    return np.random.default_rng([seed, epoch]).permutation(n).tolist()
 
 
 # ----------------------------------------------------------------------------- models
@@ -523,12 +535,27 @@ def build_critic(cfg: Config, setup: Any, plan: Plan, device: str) -> nn.Module:
 
         critics = build_score_critics(preset_namespace(cfg), setup)
         order = list(PRESET_OBJECTIVES[cfg.preset])
-        return ScoreCritics([critics[order.index(name)] for name in plan.streams])
+        critic = ScoreCritics([critics[order.index(name)] for name in plan.streams])
+        disable_dropout(critic)
+        return critic
     trunk = None
     if cfg.critic_init == "copy":
         trunk = copy.deepcopy(policy.get_decoder())
         trunk.requires_grad_(True)
-    return Critic(trunk, policy.config.hidden_size, len(plan.streams)).to(device)
+    critic = Critic(trunk, policy.config.hidden_size, len(plan.streams)).to(device)
+    disable_dropout(critic)
+    return critic
+
+
+def disable_dropout(model: nn.Module) -> None:
+    """Zero every dropout (nn.Dropout and the attention dropout HF attention modules apply in
+    training mode), so train() and eval() compute the same function, as Safe RLHF does."""
+    for module in model.modules():
+        if isinstance(module, nn.Dropout):
+            module.p = 0.0
+        if isinstance(getattr(module, "attention_dropout", None), float):
+            module.attention_dropout = 0.0
+    model.eval()
 
 
 def resolve_device(cfg: Config) -> str:
@@ -731,12 +758,12 @@ def train(cfg: Config, resume_state: dict[str, Any] | None = None) -> Path:
     scorers = select_scorers(cfg, setup)
     plan = make_plan(cfg, scorers)
     policy = setup.policy
-    policy.eval()  # no dropout in rollouts or updates: the old and new log-probs must agree
+    disable_dropout(policy)  # the old and new log-probs of a sample must agree exactly
     reference = setup.reference
     critic = build_critic(cfg, setup, plan, device)
     head_critic = cfg.critic_init == "head"  # values read the policy's own hidden states
     # full mode by default on the small model (exact per-objective gradients are cheap there)
-    probe_name = cfg.probe or ("full" if cfg.preset == "tiny" else setup.probe_default)
+    probe_name = cfg.probe or setup.probe_default
     probe = None if probe_name in (None, "full") else find_module(policy, probe_name)
 
     trainable = [p for p in policy.parameters() if p.requires_grad]
@@ -792,6 +819,13 @@ def train(cfg: Config, resume_state: dict[str, Any] | None = None) -> Path:
         raw = score(scorers, ro)  # [K, B]
         rewards = objective_rewards(scorers, raw).clamp(-cfg.score_clip, cfg.score_clip)
         stream_scores = (plan.mix @ rewards).to(device)  # [S, B]
+        # safe-rlhf: the dual step on each constraint's moving mean cost, before the update that
+        # uses λ (Safe RLHF's order: record this batch's episode costs, step λ, then PPO)
+        for lag, j in zip(lagrangians, plan.cost_streams, strict=True):
+            lag.record(_gather(raw[j], d))
+            lag.update(step)
+        multipliers = [lag.value for lag in lagrangians]
+        lr = opt.param_groups[0]["lr"]
 
         # 3. old log-probs, reference log-probs, values; KL-shaped rewards and GAE per stream
         with torch.no_grad():
@@ -817,7 +851,6 @@ def train(cfg: Config, resume_state: dict[str, Any] | None = None) -> Path:
                 returns.append(ret)
             if cfg.whiten_advantages and mask.sum() > 1:
                 advantages = [ppo.masked_whiten(a, mask) for a in advantages]
-            multipliers = [lag.value for lag in lagrangians]
             if plan.losses == "lagrangian":
                 advantages = [
                     ppo.lagrangian_advantages(
@@ -827,7 +860,10 @@ def train(cfg: Config, resume_state: dict[str, Any] | None = None) -> Path:
                     )
                 ]
 
-        # 4-5. PPO epochs over minibatches: per-objective policy losses through MOGD, critic
+        # 4-5. PPO epochs over minibatches: per-objective policy losses through MOGD, critic.
+        # train() only switches gradient checkpointing on (presets that use it); no dropout left
+        policy.train()
+        critic.train()
         stats: dict[str, list[float]] = {}
         for _ in range(cfg.ppo_epochs):
             order = torch.randperm(len(prompts))
@@ -849,11 +885,11 @@ def train(cfg: Config, resume_state: dict[str, Any] | None = None) -> Path:
                     name = plan.loss_names[i]
                     _add(stats, f"clip_frac/{name}", st.clip_fraction)
                     _add(stats, f"approx_kl/{name}", st.approx_kl)
-                    _add(stats, f"policy_loss/{name}", loss.item())
+                    _add(stats, f"policy_loss/{name}", loss.detach().item())
                 opt.zero_grad(set_to_none=True)
                 info = opt.step(losses)
                 sched.step()
-                _add(stats, "entropy", float(entropy))
+                _add(stats, "entropy", entropy.item())
                 for key, value in info.as_dict(names=plan.loss_names).items():
                     _add(stats, key, value)
 
@@ -871,12 +907,10 @@ def train(cfg: Config, resume_state: dict[str, Any] | None = None) -> Path:
                     torch.nn.utils.clip_grad_norm_(critic.parameters(), cfg.max_grad_norm)
                 critic_opt.step()
                 for s, v in enumerate(v_losses):
-                    _add(stats, f"value_loss/{plan.streams[s]}", float(v))
+                    _add(stats, f"value_loss/{plan.streams[s]}", v.item())
 
-        # safe-rlhf: the dual step on each constraint's moving mean cost
-        for lag, j in zip(lagrangians, plan.cost_streams, strict=True):
-            lag.record(_gather(raw[j], d))
-            lag.update(step)
+        policy.eval()  # generation: KV cache on, checkpointing off
+        critic.eval()
 
         # -- metrics (rank 0 writes; statistics over all ranks' samples)
         seq_kl = ppo.sequence_kl(old_logp, ref_logp, mask).cpu()
@@ -889,8 +923,7 @@ def train(cfg: Config, resume_state: dict[str, Any] | None = None) -> Path:
             _gather(ro.mask.sum(-1).float().cpu(), d),
             stats,
             multipliers,
-            lagrangians,
-            sched.get_last_lr()[0],
+            lr,
             time.time() - t0,
         )
         if d.main:
@@ -906,7 +939,7 @@ def train(cfg: Config, resume_state: dict[str, Any] | None = None) -> Path:
     if d.main:
         if cfg.plots:
             plot_metrics(out)
-        if cfg.eval_size > 0:
+        if cfg.eval_size != 0:
             from integrations.evaluate import evaluate_policy, write_eval
 
             result = evaluate_policy(setup, policy, cfg, n_prompts=cfg.eval_size)
@@ -929,13 +962,12 @@ def step_metrics(
     lengths: torch.Tensor,
     stats: dict[str, list[float]],
     multipliers: list[float],
-    lagrangians: list[ppo.Lagrangian],
     lr: float,
     seconds: float,
 ) -> dict[str, Any]:
     """One metrics.jsonl row. Per objective: reward mean/std (R, or −C), and for costs the mean
     cost and the harmless ratio (share of responses with C < 0, paper App. B)."""
-    row: dict[str, Any] = {"step": step + 1, "lr": lr, "seconds": seconds}
+    row: dict[str, Any] = {"step": step + 1, "lr": lr, "seconds": seconds}  # lr: first update's
     rewards = objective_rewards(scorers, raw)
     for k, s in enumerate(scorers):
         row[f"{s.name}/reward_mean"] = float(rewards[k].mean())
@@ -953,8 +985,6 @@ def step_metrics(
         row["cosine"] = row.get(f"cosine/{names[0]}/{names[1]}")
     for lam, j in zip(multipliers, plan.cost_streams, strict=True):
         row[f"lambda/{scorers[j].name}"] = lam  # the multiplier this iteration's update used
-    for lag, j in zip(lagrangians, plan.cost_streams, strict=True):
-        row[f"lambda_next/{scorers[j].name}"] = lag.value
     return row
 
 

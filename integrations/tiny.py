@@ -253,7 +253,8 @@ def build_tiny_setup(
     ``meta.json`` (parameters, SFT time and losses). The hash covers the model and SFT settings,
     the seed and the corpus bytes, so a changed corpus or setting builds anew. ``sft_steps``
     overrides the number of SFT steps (tests use a few). The reference policy is a second,
-    frozen load of the same SFT weights; ``probe_default`` is ``"lm_head"`` (the paper's probe).
+    frozen load of the same SFT weights; ``probe_default`` is None: the model is small, so full mode
+    (``--probe lm_head`` gives the paper's probe mode).
     """
     if not isinstance(seed, int) or isinstance(seed, bool):
         raise TypeError(f"seed must be an int, got {type(seed).__name__}")
@@ -302,5 +303,5 @@ def build_tiny_setup(
         train_prompts=unique_prompts(load_corpus("train")),
         eval_prompts=unique_prompts(load_corpus("eval")),
         format_prompt=format_prompt,
-        probe_default="lm_head",
+        probe_default=None,  # full mode: per-objective gradients of every parameter
     )

@@ -136,7 +136,7 @@ def _min_norm_two(G: torch.Tensor | np.ndarray) -> MinNormResult:
     if isinstance(G, torch.Tensor):
         if not G.dtype.is_floating_point:
             raise TypeError(f"G must be a real floating-point tensor, got dtype {G.dtype}")
-        (a, c), (c2, b) = G.detach().cpu().tolist()
+        (a, c), (c2, b) = G.detach().tolist()
     elif isinstance(G, np.ndarray):
         (a, c), (c2, b) = np.asarray(G, dtype=np.float64).tolist()
     else:
@@ -165,7 +165,7 @@ def _min_norm_two(G: torch.Tensor | np.ndarray) -> MinNormResult:
     gaps = [g - value for g, w in ((g1, w1), (g2, w2))]
     residual = max(0.0, -min(gaps), *(abs(g) for g, w in zip(gaps, (w1, w2), strict=True) if w > 0))
     return MinNormResult(
-        torch.tensor([w1, w2], dtype=torch.float64),
+        torch.from_numpy(np.array([w1, w2])),
         max(value, 0.0),
         residual / scale if scale > 0.0 else 0.0,
         tuple(i for i, w in enumerate((w1, w2)) if w > 0),

@@ -191,8 +191,8 @@ def test_setup_builds_caches_and_generates(tmp_path) -> None:
     assert [s.name for s in setup.scorers] == ["helpful", "harmless"]
     assert not set(setup.train_prompts) & set(setup.eval_prompts)
     assert setup.format_prompt("hi") == "User: hi\nAssistant:"
-    modules = dict(setup.policy.named_modules())
-    assert setup.probe_default in modules
+    assert setup.probe_default is None  # small model: full mode by default
+    assert "lm_head" in dict(setup.policy.named_modules())  # what --probe lm_head finds
     assert setup.reference is not None
     assert all(not p.requires_grad for p in setup.reference.parameters())
     for p, r in zip(setup.policy.parameters(), setup.reference.parameters(), strict=True):
