@@ -29,6 +29,7 @@ import statistics
 import time
 
 import torch
+from mogd.kernels.gram_torch import gram_reference
 
 import mogd
 
@@ -61,15 +62,6 @@ def median_seconds(fn, repeats: int) -> float:
         fn()
         times.append(time.perf_counter() - t0)
     return statistics.median(times)
-
-
-def reference_gram(J: torch.Tensor) -> torch.Tensor:
-    k, n = J.shape
-    G = torch.zeros(k, k, dtype=torch.float64)
-    for s in range(0, n, 1 << 22):
-        c = J[:, s : s + (1 << 22)].to(torch.float64)
-        G += c @ c.T
-    return G
 
 
 def rel_error(G: torch.Tensor, ref: torch.Tensor) -> float:
@@ -107,7 +99,7 @@ def main() -> None:
     J = torch.randn(k, n, generator=g)
     J[: k // 2] += 1.0  # long one-signed sums, as gradients with a common component have
     J = J.to(dtype)
-    ref = reference_gram(J)
+    ref = gram_reference(J)
     sizes = parameter_sizes(n)
     lists = [list(torch.split(J[i], sizes)) for i in range(k)]  # views, as params' .grad would be
     rows = [J[i].clone() for i in range(k)]  # k separate gradient tensors

@@ -18,9 +18,13 @@ CHUNK = 1 << 22  # elements per objective per batched matmul (amortises the call
 
 
 def gram_reference(J: torch.Tensor) -> torch.Tensor:
-    """Float64 reference: G = J Jᵀ computed entirely in float64."""
-    J64 = J.to(torch.float64)
-    return J64 @ J64.T
+    """Float64 reference: G = J Jᵀ computed entirely in float64, a chunk at a time (bounded memory)."""
+    k, n = J.shape
+    G = torch.zeros(k, k, dtype=torch.float64, device=J.device)
+    for start in range(0, n, CHUNK):
+        block = J[:, start : start + CHUNK].to(torch.float64)
+        G += block @ block.T
+    return G
 
 
 def _accumulate(block: torch.Tensor, acc: torch.Tensor) -> None:

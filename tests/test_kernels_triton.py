@@ -278,8 +278,9 @@ def test_combine_rejects_bad_input() -> None:
 # ----------------------------------------------------------------------------- dispatch
 
 
-def test_mogd_ops_reach_the_kernels(monkeypatch: pytest.MonkeyPatch) -> None:
-    """mogd.gram / mogd.combine with backend="triton" (or MOGD_BACKEND) run these kernels."""
+@pytest.fixture
+def kernel_calls(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
+    """Counts the calls that reach gram_triton / combine_triton (spies around the real kernels)."""
     calls = {"gram": 0, "combine": 0}
 
     def spy(name, fn):
@@ -291,6 +292,14 @@ def test_mogd_ops_reach_the_kernels(monkeypatch: pytest.MonkeyPatch) -> None:
 
     monkeypatch.setattr(gram_mod, "gram_triton", spy("gram", gram_mod.gram_triton))
     monkeypatch.setattr(combine_mod, "combine_triton", spy("combine", combine_mod.combine_triton))
+    return calls
+
+
+def test_mogd_ops_reach_the_kernels(
+    kernel_calls: dict[str, int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """mogd.gram / mogd.combine with backend="triton" (or MOGD_BACKEND) run these kernels."""
+    calls = kernel_calls
     J = _bank(4, 3001, torch.float32, seed=17)
     w = _weights(4)
     _assert_gram_close(mogd.gram(J, backend="triton"), J)
@@ -420,22 +429,14 @@ def test_cuda_combine_large_in_place(dtype: torch.dtype) -> None:
 # ----------------------------------------------------------------------------- MOGD end to end
 
 
-def test_mogd_end_to_end_kernels_match_torch(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_mogd_end_to_end_kernels_match_torch(
+    kernel_calls: dict[str, int], monkeypatch: pytest.MonkeyPatch
+) -> None:
     """MOGD steps with the Triton kernels track the torch path (same weights, same parameters).
 
     On CPU this runs the kernels in the interpreter on a small model; on a GPU, compiled, wider.
     """
-    calls = {"gram": 0, "combine": 0}
-
-    def spy(name, fn):
-        def wrapped(*args, **kwargs):
-            calls[name] += 1
-            return fn(*args, **kwargs)
-
-        return wrapped
-
-    monkeypatch.setattr(gram_mod, "gram_triton", spy("gram", gram_mod.gram_triton))
-    monkeypatch.setattr(combine_mod, "combine_triton", spy("combine", combine_mod.combine_triton))
+    calls = kernel_calls
     hidden = 512 if DEVICE == "cuda" else 64
     x = torch.randn(256, 32, generator=torch.Generator().manual_seed(0)).to(DEVICE)
     ya, yb = x[:, :1].sin(), x[:, 1:2].cos()
