@@ -25,11 +25,12 @@ def combine_torch(
     """d = Σ_i w_i J[i] for a [k, n] tensor, in J's dtype with fp32 (or float64) arithmetic.
 
     Per chunk, the k rows are accumulated into a cache-resident buffer (axpy; a gemv with one output
-    row takes a slow path on CPU) and the result is copied out once.
+    row takes a slow path on CPU) and the result is copied out once. The weights stay tensors (never
+    read on the host), so this queues work without waiting for w on any device.
     """
     k, n = J.shape
     wide = torch.float64 if J.dtype == torch.float64 else torch.float32
-    coeffs = [float(x) for x in w.reshape(-1).tolist()]
+    coeffs = w.reshape(-1).to(J.device, wide)
     if out is None:
         out = torch.empty(n, dtype=J.dtype, device=J.device)
     buf = torch.empty(min(CHUNK, max(n, 1)), dtype=wide, device=J.device)
@@ -38,7 +39,7 @@ def combine_torch(
         acc = buf[: stop - start]
         acc.copy_(J[0, start:stop]).mul_(coeffs[0])
         for i in range(1, k):
-            acc.add_(J[i, start:stop], alpha=coeffs[i])
+            acc.addcmul_(J[i, start:stop], coeffs[i])
         out[start:stop].copy_(acc)
     return out
 
@@ -56,12 +57,13 @@ def combine_torch_list(
         target = torch.empty_like(pieces[0]) if out is None else out[j]
         flat = target.view(-1)
         wide = torch.float64 if target.dtype == torch.float64 else torch.float32
+        coeffs = w.reshape(-1).to(target.device, wide)
         numel = flat.numel()
         for start in range(0, numel, CHUNK):
             stop = min(start + CHUNK, numel)
             acc = torch.zeros(stop - start, dtype=wide, device=target.device)
             for i, piece in enumerate(pieces):
-                acc.add_(piece.reshape(-1)[start:stop].to(wide), alpha=float(w[i]))
+                acc.addcmul_(piece.reshape(-1)[start:stop].to(wide), coeffs[i])
             flat[start:stop].copy_(acc)
         results.append(target)
     return results

@@ -21,7 +21,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-__all__ = ["GradientBank"]
+from mogd.distributed import is_sharded, local_tensor
+
+__all__ = ["GradientBank", "register_hooks"]
 
 
 @dataclass
@@ -81,7 +83,7 @@ class GradientBank:
                 raise TypeError("MOGD stores dense gradients; sparse parameters are not supported")
             if not p.dtype.is_floating_point:
                 raise TypeError(f"parameters must be floating point to be trained, got {p.dtype}")
-            local = _local(p)
+            local = local_tensor(p)
             reduce_groups = group_key(p)
             key = (local.device, local.dtype, reduce_groups)
             group = groups.get(key)
@@ -171,8 +173,15 @@ class GradientBank:
             for p, view in zip(self.params, self.grads(i), strict=True):
                 grad = p.grad
                 if grad is not None and grad is not view:
-                    _local(view).copy_(_local(grad.detach()))
+                    local_tensor(view).copy_(local_tensor(grad.detach()))
                     p.grad = view
+
+    def store(self, i: int, grads: Sequence[torch.Tensor | None]) -> None:
+        """Copy one gradient per parameter (None: not reached, stays zero) into row i."""
+        with torch.no_grad():
+            for view, g in zip(self.grads(i), grads, strict=True):
+                if g is not None:
+                    local_tensor(view).copy_(local_tensor(g))
 
     def matrices(self) -> list[torch.Tensor | list[list[torch.Tensor]]]:
         """Per group, the k rows as a [k, n] tensor (or k one-tensor lists before consolidation)."""
@@ -200,25 +209,28 @@ class GradientBank:
                 out.extend(r for r in g.rows[: self.k] if r is not None)
         return out
 
+    def shard_keys(self) -> list[tuple]:
+        """Per buffer, the process groups its Gram is summed over (empty: nothing to sum)."""
+        return [g.reduce_groups for g in self.groups]
+
     def reset(self) -> None:
         """Mark every row consumed: the next objective starts from zero (lazily, on entry)."""
         self.live.clear()
 
 
-def _local(t: torch.Tensor) -> torch.Tensor:
-    """The local tensor of a DTensor (the shard this rank holds), else the tensor itself."""
-    to_local = getattr(t, "to_local", None)
-    return to_local() if callable(to_local) else t
-
-
 def _grad_view(slot: _Slot, row: torch.Tensor) -> torch.Tensor:
     view = row[slot.offset : slot.offset + slot.numel].view(slot.local_shape)
     p = slot.param
-    if hasattr(p, "device_mesh") and hasattr(p, "placements"):
+    if is_sharded(p):
         from torch.distributed.tensor import DTensor
 
         return DTensor.from_local(
-            view, p.device_mesh, p.placements, run_check=False, shape=p.shape, stride=p.stride()
+            view,
+            p.device_mesh,  # type: ignore[attr-defined]
+            p.placements,  # type: ignore[attr-defined]
+            run_check=False,
+            shape=p.shape,
+            stride=p.stride(),
         )
     return view
 
@@ -249,7 +261,7 @@ def register_hooks(
                 fn(grad)
 
         handles.append(p.register_post_accumulate_grad_hook(post))
-        if not hasattr(p, "device_mesh"):
+        if not is_sharded(p):
             # a sharded (FSDP2) parameter is not in the autograd graph: FSDP2 calls its
             # post-accumulate hooks itself, and reduce-scattered shards are dense anyway
             handles.append(p.register_hook(pre))

@@ -36,6 +36,7 @@ __all__ = [
     "find_ddp_modules",
     "is_sharded",
     "local_fallback",
+    "local_tensor",
     "shard_groups",
     "sum_over_groups_",
     "take_over_ddp",
@@ -46,13 +47,16 @@ BUCKET_BYTES = 25 * 1024 * 1024  # per all-reduce, as DDP's default bucket_cap_m
 
 @dataclass
 class Topology:
-    """How the trainable parameters are laid out across processes.
+    """How the trainable parameters are laid out across processes, and the collectives MOGD runs.
 
     Attributes:
         kind: "local" (one process, or each rank on its own), "replicated" or "sharded".
         group: the process group to average replicated gradients over (None = default group).
         world_size: size of that group (1 unless replicated).
         ddp: the DistributedDataParallel modules owning the parameters, when found.
+
+    Every method is a no-op where the topology needs no communication, so the optimizer runs the
+    same code in one process and in many.
     """
 
     kind: str = "local"
@@ -65,6 +69,77 @@ class Topology:
             via = "DDP" if self.ddp else "process_group"
             return f"replicated({via}, world_size={self.world_size})"
         return self.kind
+
+    def adopt(self, full_mode: bool) -> None:
+        """Take over DDP's gradient sync for the full mode (see :func:`take_over_ddp`)."""
+        if self.kind == "replicated" and full_mode:
+            take_over_ddp(self)
+
+    def sum_bank_(self, tensors: Iterable[torch.Tensor]) -> None:
+        """Replicated: sum the per-objective buffers over the ranks (the 1/W is folded later)."""
+        if self.kind == "replicated":
+            all_reduce_sum_(tensors, self.group)
+
+    def average_grads_(self, grads: Sequence[torch.Tensor]) -> None:
+        """Replicated without DDP: average the ``.grad`` of one ordinary backward over the ranks
+        (DDP's own reducer does it when DDP wraps the model)."""
+        if self.kind == "replicated" and not self.ddp and grads:
+            all_reduce_grads_(grads, self.group, self.world_size)
+
+    def global_gram(self, parts: Sequence[tuple[torch.Tensor, tuple]]) -> torch.Tensor:
+        """Σ of per-buffer Grams ``(G, reduce_groups)``, each summed over the ranks that hold other
+        shards of its buffer: one all-reduce of k×k numbers per distinct set of shard groups.
+        Stays on the first part's device."""
+        by_groups: dict[tuple, torch.Tensor] = {}
+        for G, key in parts:
+            by_groups[key] = G if key not in by_groups else by_groups[key] + G.to(by_groups[key])
+        total: torch.Tensor | None = None
+        for key, G in by_groups.items():
+            sum_over_groups_(G, key)
+            total = G if total is None else total + G.to(total)
+        assert total is not None
+        return total
+
+    def global_sq_norm(self, parts: Sequence[tuple[torch.Tensor, tuple]]) -> torch.Tensor:
+        """Σ ‖g‖² of gradients given as ``(local squared norm, reduce_groups)``: shards are summed
+        over their groups, replicated values are already equal on every rank."""
+        return self.global_gram([(sq.reshape(1, 1), key) for sq, key in parts]).reshape(())
+
+    def grad_norm(
+        self, params: Sequence[torch.Tensor], key_of: Any, device: torch.device
+    ) -> torch.Tensor:
+        """‖(p.grad for p in params)‖ in float64 across all ranks: local shards are summed over
+        their groups (``key_of(p)``), replicated gradients are already equal on every rank."""
+        parts: dict[tuple, torch.Tensor] = {}
+        for p in params:
+            if p.grad is not None:
+                sq = torch.linalg.vector_norm(local_tensor(p.grad), dtype=torch.float64) ** 2
+                key = key_of(p)
+                parts[key] = sq.to(device) if key not in parts else parts[key] + sq.to(device)
+        if not parts:
+            return torch.zeros((), dtype=torch.float64, device=device)
+        return self.global_sq_norm([(sq, key) for key, sq in parts.items()]).sqrt()
+
+    def agree_(self, flag: torch.Tensor, groups: Sequence[Any]) -> None:
+        """Sum a small flag over ``groups`` so that every rank takes the same decision."""
+        sum_over_groups_(flag, groups)
+
+    def flag_groups(self, shard_groups: Iterable[tuple]) -> list[Any]:
+        """The groups a per-rank flag must be summed over: the data-parallel group when
+        replicated, the distinct shard groups of the buffers when sharded."""
+        if self.kind == "replicated":
+            return [self.group]
+        groups: list[Any] = []
+        if self.kind == "sharded":
+            for key in shard_groups:
+                groups.extend(x for x in key if all(x is not y for y in groups))
+        return groups
+
+
+def local_tensor(t: torch.Tensor) -> torch.Tensor:
+    """The local tensor of a DTensor (the shard this rank holds), else the tensor itself."""
+    to_local = getattr(t, "to_local", None)
+    return to_local() if callable(to_local) else t
 
 
 def is_sharded(p: torch.Tensor) -> bool:

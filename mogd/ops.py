@@ -114,6 +114,7 @@ def combine(
     *,
     out: torch.Tensor | Sequence[torch.Tensor] | None = None,
     backend: Backend = "auto",
+    check: bool = True,
 ) -> torch.Tensor | list[torch.Tensor]:
     """Combined direction d = Σ_i w_i g_i (DESIGN §1), reading the gradients once.
 
@@ -123,13 +124,15 @@ def combine(
         out: where to write d: an [n] tensor (may be a row of ``grads``), or for the list form a
             sequence of per-parameter tensors. Allocated when None.
         backend: "auto", "triton" or "torch".
+        check: raise ValueError for non-finite weights. Checking reads the weights on the host
+            (a synchronisation for CUDA weights); MOGD passes False for weights it solved itself.
 
     Returns:
         d in the gradients' dtype (fp32 arithmetic; float64 for float64 input): an [n] tensor, or a
         list of per-parameter tensors for the list form.
     """
     w = torch.as_tensor(weights, dtype=torch.float64).detach().reshape(-1)
-    if not torch.isfinite(w).all():
+    if check and not torch.isfinite(w).all():
         raise ValueError(f"weights must be finite, got {w.tolist()}")
     if isinstance(grads, torch.Tensor):
         _check_bank(grads)

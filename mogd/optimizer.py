@@ -1,84 +1,52 @@
 """MOGD: a torch.optim.Optimizer that turns k objectives into one Pareto descent direction.
 
-One step (DESIGN §1, Li et al. 2025 §3):
+One step (DESIGN §1, Li et al. 2025 §3), :meth:`MOGD.step` top to bottom:
 
-1. the per-objective gradients g_1..g_k land in a flat gradient bank (:mod:`mogd.bank`), one backward
-   pass per objective (``opt.step(losses)`` or ``with opt.objective(i): loss_i.backward()``);
-2. their Gram G_ij = ⟨g_i, g_j⟩ in one fused pass (:func:`mogd.gram`);
-3. the weighting maps G to weights w on the raw gradients (GAPO Eq. 6–7, P-GAPO Eq. 8, MGDA);
-4. d = Σ_i w_i g_i in one fused pass (:func:`mogd.combine`) into the ``.grad`` the inner optimizer
-   reads, and ``inner.step()``.
+1. **collect** the k per-objective gradients in a flat gradient bank (:mod:`mogd.bank`): one backward
+   per objective (``opt.step(losses)``, ``opt.backward(losses)`` or ``with opt.objective(i):``);
+2. **Gram** G_ij = ⟨g_i, g_j⟩ in one fused pass (:func:`mogd.gram`), global across ranks;
+3. **weights** w = weighting(G) (GAPO Eq. 6–7, P-GAPO Eq. 8, MGDA), or a skip when G is not finite;
+4. **combine** d = Σ_i w_i g_i in one fused pass into the ``.grad`` the inner optimizer reads;
+5. **clip** d to ‖d‖ ≤ ``max_norm`` (folded into the weights: ‖d‖² = wᵀGw needs no pass);
+6. **inner step**, skipped on non-finite gradients; the result is a lazy :class:`StepInfo`.
 
-Probe mode (paper App. B) computes the per-objective gradients of a small probe only (e.g. the LM head),
-takes the weights from their Gram and runs ONE backward of Σ_i w_i L_i through the whole model.
+Probe mode (paper App. B) collects the per-objective gradients of a small probe only (e.g. the LM
+head), and "combine" is ONE backward of Σ_i w_i L_i through the whole model; clipping then measures
+the final gradient. Both modes share the tail (steps 5–6).
+
+On CUDA nothing in a step reads a value back to the host: the weights are solved on the device
+(:meth:`Weighting.solve_tensor`), and a skip reaches the inner optimizer as a ``found_inf`` tensor, the
+way ``GradScaler`` skips fused optimizers. Inner optimizers without ``found_inf`` support (non-fused
+AdamW, SGD) and ``nonfinite="raise"`` need that one flag on the host: one synchronisation per step.
 """
 
 from __future__ import annotations
 
 import math
 import warnings
-from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
 from torch.optim import Optimizer
+from torch.profiler import record_function
 
-from mogd import distributed
-from mogd.bank import GradientBank, register_hooks
+from mogd import amp, arguments, distributed
+from mogd.bank import GradientBank
+from mogd.collect import Collector
 from mogd.ops import combine, gram
-from mogd.weighting import GAPO, Weighting
+from mogd.step_info import StepInfo
+from mogd.weighting import GAPO, Weighting, WeightingResult
+from mogd.wrapper import WrappedOptimizer
 
 __all__ = ["MOGD", "StepInfo"]
 
-
-@dataclass(frozen=True, eq=False)
-class StepInfo:
-    """What one :meth:`MOGD.step` computed, as plain CPU tensors and floats (identical on every rank).
-
-    Attributes:
-        weights: float64 [k], d = Σ_i weights_i g_i (NaN when the step was skipped).
-        alpha: float64 [k], the simplex point of the min-norm QP (None without a QP, e.g. P-GAPO).
-        norms: float64 [k], n_i = ‖g_i‖.
-        gram: float64 [k, k], G_ij = ⟨g_i, g_j⟩ (of the probe's gradients in probe mode).
-        cosine: float64 [k, k], G_ij / (n_i n_j) (0 where a norm is 0).
-        kkt_residual: the QP's KKT residual (None without a QP or when skipped).
-        skipped: True when non-finite gradients made the step a no-op.
-    """
-
-    weights: torch.Tensor
-    alpha: torch.Tensor | None
-    norms: torch.Tensor
-    gram: torch.Tensor
-    cosine: torch.Tensor
-    kkt_residual: float | None
-    skipped: bool
-
-    def as_dict(self, names: Sequence[str] | None = None, prefix: str = "") -> dict[str, float]:
-        """Flat floats for a logger: ``weight/<name>``, ``norm/<name>``, ``alpha/<name>``,
-        ``cosine/<a>/<b>`` (a before b), ``kkt_residual`` and ``skipped`` (0.0 or 1.0)."""
-        k = self.weights.numel()
-        labels = [str(i) for i in range(k)] if names is None else [str(n) for n in names]
-        if len(labels) != k:
-            raise ValueError(f"names has {len(labels)} entries but there are k = {k} objectives")
-        out: dict[str, float] = {}
-        for i, name in enumerate(labels):
-            out[f"{prefix}weight/{name}"] = float(self.weights[i])
-            out[f"{prefix}norm/{name}"] = float(self.norms[i])
-            if self.alpha is not None:
-                out[f"{prefix}alpha/{name}"] = float(self.alpha[i])
-        for i in range(k):
-            for j in range(i + 1, k):
-                out[f"{prefix}cosine/{labels[i]}/{labels[j]}"] = float(self.cosine[i, j])
-        if self.kkt_residual is not None:
-            out[f"{prefix}kkt_residual"] = float(self.kkt_residual)
-        out[f"{prefix}skipped"] = float(self.skipped)
-        return out
+# clip_grad_norm_'s guard against division by zero: clipping here equals clipping the same d there
+CLIP_EPS = 1e-6
 
 
-class MOGD(Optimizer):
+class MOGD(WrappedOptimizer):
     """Multi-objective gradient descent around any ``torch.optim`` optimizer.
 
     ``MOGD(inner, weighting)`` turns k losses into the direction d = Σ_i w_i g_i with w = weighting(G),
@@ -88,19 +56,26 @@ class MOGD(Optimizer):
     ``accelerate`` work on it as on any optimizer.
 
     Args:
-        inner: the optimizer that applies d (AdamW, SGD, ...).
+        inner: the optimizer that applies d (AdamW, SGD, ...). ``fused=True`` optimizers skip
+            non-finite steps on the device (no host synchronisation at all).
         weighting: the map G ↦ w: :class:`mogd.GAPO` (default ``GAPO(p=1)``), ``PGAPO``, ``MGDA``,
             ``Linear``.
         probe: a module or parameters: per-objective gradients of these only, then one backward of
-            Σ_i w_i L_i through everything (paper App. B). Needs ``step(losses)``.
-        nonfinite: "skip" (default: warn, leave parameters and optimizer state untouched) or "raise"
-            (``FloatingPointError``) when an objective's gradient holds NaN/Inf.
+            Σ_i w_i L_i through everything (paper App. B). Needs the losses (``step(losses)`` or
+            ``backward(losses)``).
+        max_norm: clip d to this global L2 norm (all parameter groups, all ranks, sharded or
+            replicated), as ``torch.nn.utils.clip_grad_norm_`` would clip it:
+            d ← d · min(1, max_norm / (‖d‖ + 1e-6)). ``StepInfo.direction_norm`` is ‖d‖ before.
+        nonfinite: "skip" (default: leave parameters and optimizer state untouched; warns when the
+            host learns of it) or "raise" (``FloatingPointError``) when a gradient holds NaN/Inf.
         process_group: average the per-objective gradients over this group (data parallelism
             without DDP). DDP-wrapped models and DTensor (FSDP2) parameters are detected.
+        weights_on: "auto" (the device for CUDA gradients, the host's float64 solver otherwise),
+            "device" (tensor operations wherever G is) or "host".
 
     Usage::
 
-        opt = mogd.MOGD(torch.optim.AdamW(model.parameters(), lr=1e-5), mogd.GAPO(p=1))
+        opt = mogd.MOGD(torch.optim.AdamW(model.parameters(), lr=1e-5), mogd.GAPO(p=1), max_norm=1.0)
         opt.zero_grad()
         info = opt.step([loss_a, loss_b])      # or: with opt.objective(i): loss_i.backward(); opt.step()
     """
@@ -115,87 +90,39 @@ class MOGD(Optimizer):
         weighting: Weighting | None = None,
         *,
         probe: torch.nn.Module | Iterable[torch.Tensor] | None = None,
+        max_norm: float | None = None,
         nonfinite: Literal["skip", "raise"] = "skip",
         process_group: Any = None,
+        weights_on: Literal["auto", "device", "host"] = "auto",
     ) -> None:
-        if isinstance(inner, MOGD):
-            raise TypeError("inner is already a MOGD; wrap the base optimizer (e.g. AdamW) once")
-        if not isinstance(inner, Optimizer):
-            raise TypeError(
-                f"inner must be a torch.optim.Optimizer (e.g. torch.optim.AdamW(params)), "
-                f"got {type(inner).__name__}"
-            )
-        if weighting is None:
-            weighting = GAPO(p=1.0)
+        super().__init__(inner)
+        weighting = GAPO(p=1.0) if weighting is None else weighting
         if not isinstance(weighting, Weighting):
             raise TypeError(
                 "weighting must be a mogd weighting (mogd.GAPO(p=1), mogd.PGAPO([...]), "
                 f"mogd.MGDA(), mogd.Linear([...])), got {type(weighting).__name__}"
             )
-        if nonfinite not in ("skip", "raise"):
-            raise ValueError(f"nonfinite must be 'skip' or 'raise', got {nonfinite!r}")
-        self.inner = inner
-        self.weighting = weighting
-        self.nonfinite = nonfinite
+        arguments.check_choice("nonfinite", nonfinite, ("skip", "raise"))
+        arguments.check_choice("weights_on", weights_on, ("auto", "device", "host"))
+        self.weighting, self.nonfinite, self.weights_on = weighting, nonfinite, weights_on
+        self.max_norm = arguments.check_max_norm(max_norm)
         self.process_group = process_group
-        # What Optimizer.__init__ sets up, minus the parameter groups, which belong to ``inner``.
-        self._optimizer_step_pre_hooks = OrderedDict()
-        self._optimizer_step_post_hooks = OrderedDict()
-        self._optimizer_state_dict_pre_hooks = OrderedDict()
-        self._optimizer_state_dict_post_hooks = OrderedDict()
-        self._optimizer_load_state_dict_pre_hooks = OrderedDict()
-        self._optimizer_load_state_dict_post_hooks = OrderedDict()
-        self._patch_step_function()
-        self._warned_capturable_if_run_uncaptured = True
-
         self._k: int | None = None
-        self._steps = 0
+        self._steps: int | torch.Tensor = 0  # a device tensor while skips go undecided on the host
         self._last_weights: torch.Tensor | None = None
-        # The StepInfo of the last step, for wrappers that drop step()'s return value (accelerate).
-        self.last_info: StepInfo | None = None
-        self._active: int | None = None
-        self._bank: GradientBank | None = None
-        self._bank_signature: tuple = ()
-        self._hooks: list[Any] = []
-        self._reached: list[bool] = []
-        # GradScaler guard: None until the first step tells whether a scaler drives this optimizer.
-        self._amp: bool | None = None
-        self._inf_flag: torch.Tensor | None = None
-
-        self._probe: list[torch.Tensor] | None = None
-        if probe is not None:
-            self._probe = self._resolve_probe(probe)
-        self._topology: distributed.Topology | None = distributed.detect(
-            self._trainable(), process_group
-        )
+        self.last_info: StepInfo | None = None  # for wrappers that drop step()'s return
+        self._collector = Collector()
+        self._bank: GradientBank | None = None  # the full mode's (the collector's) or the probe's
+        self._scaler_guard = amp.ScalerGuard()
+        self._probed: dict[str, Any] | None = None  # probe mode: what backward() left for step()
+        self._probe = None if probe is None else arguments.resolve_probe(probe, self._trainable())
+        self._topology = distributed.detect(self._trainable(), process_group)
         if self._topology is not None:
-            self._adopt_topology(self._topology)
+            self._topology.adopt(full_mode=self._probe is None)
 
-    # -- the torch.optim.Optimizer protocol: shared with ``inner`` --------------------------------
+    # -- the torch.optim.Optimizer protocol (the rest is the inner optimizer's: mogd.wrapper) ------
 
-    @property  # type: ignore[override]
-    def param_groups(self) -> list[dict[str, Any]]:
-        return self.inner.param_groups
-
-    @param_groups.setter
-    def param_groups(self, value: list[dict[str, Any]]) -> None:
-        self.inner.param_groups = value
-
-    @property  # type: ignore[override]
-    def state(self) -> Any:
-        return self.inner.state
-
-    @state.setter
-    def state(self, value: Any) -> None:
-        self.inner.state = value
-
-    @property  # type: ignore[override]
-    def defaults(self) -> dict[str, Any]:
-        return self.inner.defaults
-
-    @defaults.setter
-    def defaults(self, value: dict[str, Any]) -> None:
-        self.inner.defaults = value
+    STATE_KEY = "mogd"
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """Add a group to the inner optimizer; the bank is rebuilt at the next objective."""
@@ -211,57 +138,37 @@ class MOGD(Optimizer):
         super().zero_grad(set_to_none)
         self._reset_cycle()
 
-    def state_dict(self) -> dict[str, Any]:
-        """The inner optimizer's state dict plus MOGD's own under ``"mogd"``: the step count, the
-        last weights and the configuration (k, weighting, nonfinite policy, probe)."""
-        for pre_hook in self._optimizer_state_dict_pre_hooks.values():
-            pre_hook(self)
-        sd = self.inner.state_dict()
-        sd["mogd"] = {
-            "step": self._steps,
+    def own_state_dict(self) -> dict[str, Any]:
+        """MOGD's part of the state dict: step count, last weights, configuration."""
+        last = None if self._last_weights is None else self._last_weights.cpu()
+        return {
+            "step": int(self._steps),
             "k": self._k,
-            "weights": None if self._last_weights is None else self._last_weights.tolist(),
+            "weights": None if last is None or last.isnan().any() else last.tolist(),
             "weighting": repr(self.weighting),
             "nonfinite": self.nonfinite,
             "probe": self._probe is not None,
         }
-        for post_hook in self._optimizer_state_dict_post_hooks.values():
-            result = post_hook(self, sd)
-            if result is not None:
-                sd = result
-        return sd
 
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Restore a :meth:`state_dict` (a plain inner-optimizer state dict is accepted too)."""
-        for pre_hook in self._optimizer_load_state_dict_pre_hooks.values():
-            result = pre_hook(self, state_dict)
-            if result is not None:
-                state_dict = result
-        sd = dict(state_dict)
-        mine = sd.pop("mogd", None)
-        if mine is not None:
-            k = mine.get("k")
-            if k is not None and self._k is not None and k != self._k:
-                raise ValueError(
-                    f"state_dict is for k = {k} objectives but this optimizer steps k = {self._k}"
-                )
-            if mine.get("weighting") != repr(self.weighting):
-                warnings.warn(
-                    f"loading MOGD state saved with weighting {mine.get('weighting')} into one "
-                    f"using {self.weighting!r}; the new weighting is used from now on",
-                    stacklevel=2,
-                )
-        self.inner.load_state_dict(sd)
-        if mine is not None:
-            self._steps = int(mine.get("step", 0))
-            weights = mine.get("weights")
-            self._last_weights = (
-                None if weights is None else torch.tensor(weights, dtype=torch.float64)
+    def check_own_state(self, own: dict[str, Any]) -> None:
+        k = own.get("k")
+        if k is not None and self._k is not None and k != self._k:
+            raise ValueError(
+                f"state_dict is for k = {k} objectives but this optimizer steps k = {self._k}"
             )
-            if mine.get("k") is not None and self._k is None:
-                self._set_k(int(mine["k"]))
-        for post_hook in self._optimizer_load_state_dict_post_hooks.values():
-            post_hook(self)
+        if own.get("weighting") != repr(self.weighting):
+            warnings.warn(
+                f"loading MOGD state saved with weighting {own.get('weighting')} into one "
+                f"using {self.weighting!r}; the new weighting is used from now on",
+                stacklevel=3,
+            )
+
+    def load_own_state(self, own: dict[str, Any]) -> None:
+        self._steps = int(own.get("step", 0))
+        weights = own.get("weights")
+        self._last_weights = None if weights is None else torch.tensor(weights, dtype=torch.float64)
+        if own.get("k") is not None and self._k is None:
+            self._set_k(int(own["k"]))
 
     def __repr__(self) -> str:
         mode = "full" if self._probe is None else f"probe({len(self._probe)} tensors)"
@@ -269,11 +176,11 @@ class MOGD(Optimizer):
         inner = "\n".join("    " + line for line in repr(self.inner).splitlines())
         return (
             f"MOGD(\n  weighting: {self.weighting!r}\n  objectives: {self._k or 'from first step'}"
-            f"\n  mode: {mode}\n  nonfinite: {self.nonfinite!r}\n  distributed: {topology}"
-            f"\n  steps: {self._steps}\n  inner:\n{inner}\n)"
+            f"\n  mode: {mode}\n  max_norm: {self.max_norm}\n  nonfinite: {self.nonfinite!r}"
+            f"\n  distributed: {topology}\n  steps: {int(self._steps)}\n  inner:\n{inner}\n)"
         )
 
-    # -- per-objective backward passes -------------------------------------------------------------
+    # -- collecting the per-objective gradients ----------------------------------------------------
 
     @contextmanager
     def objective(self, i: int) -> Iterator[None]:
@@ -292,69 +199,88 @@ class MOGD(Optimizer):
         if i < 0 or (self._k is not None and i >= self._k):
             bound = f"0..{self._k - 1}" if self._k is not None else "0, 1, ..."
             raise ValueError(f"objective index {i} is out of range: objectives are {bound}")
-        if self._active is not None:
-            raise RuntimeError(f"objective({i}) entered inside objective({self._active})")
         bank = self._full_bank()
-        with torch.no_grad():
-            bank.ensure_row(i)
-        bank.point_grads(i)
-        self._active = i
+        self._collector.enter(i, bank)
         try:
             yield
         finally:
-            self._active = None
-            bank.adopt_foreign_grads(i)
-            if self._amp is not False:
-                self._guard_for_scaler(bank, i)
-
-    def _on_grad(self, j: int) -> None:
-        if self._active is None:
-            if self._bank is None or not self._bank.live:
-                return  # nothing pending: not ours to guard (e.g. another optimizer's backward)
-            raise RuntimeError(
-                "a backward pass reached the parameters of a MOGD optimizer outside "
-                "opt.objective(i) while per-objective gradients were pending: wrap each objective's backward in `with opt.objective(i):` or "
-                "pass the losses to opt.step([loss_0, ...])"
-            )
-        self._reached[j] = True
-
-    def _on_incoming(self, grad: torch.Tensor) -> None:
-        if grad.is_sparse or grad.layout != torch.strided:
-            raise TypeError(
-                "a parameter received a sparse gradient; MOGD keeps dense per-objective gradients "
-                "(use nn.Embedding(sparse=False))"
+            self._collector.exit(i, bank)
+            topology = self._ensure_topology()
+            groups = topology.flag_groups(bank.shard_keys())
+            self._scaler_guard.guard_(
+                bank.row_tensors(i), lambda flag: topology.agree_(flag, groups)
             )
 
-    def _guard_for_scaler(self, bank: GradientBank, i: int) -> None:
-        """Make one non-finite row visible to a GradScaler's inf check.
+    def backward(self, losses: Sequence[torch.Tensor], *, scaler: Any = None) -> None:
+        """The backward passes of ``step(losses)`` without the step: k of them into the bank, or in
+        probe mode the probe's k gradients, the weights and ONE backward of Σ_i w_i L_i.
 
-        The scaler inspects ``p.grad``, i.e. only the row of the last objective. A running max|g| over
-        every row is folded into one element of the visible row as ``x · (1 + 0·flag)``: exactly x
-        while everything is finite, NaN otherwise, so the scaler skips and backs off as it would.
-        In distributed runs the flag is first summed across ranks so every scaler agrees.
+        With ``scaler`` (a ``torch.amp.GradScaler``) the losses are scaled by it; then call
+        ``scaler.step(opt)`` and ``scaler.update()``, which see (and skip on) every gradient.
         """
-        rows = [r for r in bank.row_tensors(i) if r.numel()]
-        if not rows:
+        checked = arguments.check_losses(losses, self._k)
+        if self._k is None:
+            self._set_k(len(checked))
+        if scaler is not None:
+            scale = amp.loss_scale(scaler, checked[0].device)
+            checked = [loss * scale.to(loss.dtype) for loss in checked]
+        if self._probe is not None:
+            self._probe_backward(checked, None if scaler is None else scale)
             return
-        with torch.no_grad():
-            flag = sum(
-                torch.linalg.vector_norm(r, math.inf).to(rows[0].device, torch.float32)
-                for r in rows
+        if self._collector.pending:
+            raise ValueError(
+                "step(losses) after opt.objective(i) backward passes: use one or the other "
+                "per step (or call zero_grad() first)"
             )
-            assert isinstance(flag, torch.Tensor)
-            distributed.sum_over_groups_(flag, self._collective_groups())
-            self._inf_flag = flag if self._inf_flag is None else self._inf_flag + flag
-            for r in rows:
-                r[:1].mul_(1 + 0 * self._inf_flag.to(r.device))
+        for i, loss in enumerate(checked):
+            with self.objective(i):
+                loss.backward(retain_graph=i < len(checked) - 1)
+
+    def _probe_backward(self, losses: list[torch.Tensor], scale: torch.Tensor | None) -> None:
+        assert self._probe is not None
+        bank, topology = self._probe_bank(), self._ensure_topology()
+        with torch.no_grad():
+            for i in range(len(losses)):
+                bank.ensure_row(i)
+        for i, loss in enumerate(losses):
+            # autograd.grad, not backward(inputs=probe): it leaves .grad alone and does not fire DDP's
+            # reducer hooks, so the one weighted backward below is an ordinary DDP backward.
+            bank.store(
+                i, torch.autograd.grad(loss, self._probe, retain_graph=True, allow_unused=True)
+            )
+        topology.sum_bank_(bank.all_tensors())
+        with record_function("mogd.gram"):
+            divisor = topology.world_size * (1.0 if scale is None else scale.to(torch.float64))
+            G = self._global_gram(bank) / divisor**2
+        with record_function("mogd.weights"):
+            result, bad = self._solve(G)
+        bank.reset()
+        weights = result.weights
+        if self._on_host(G):
+            # zero weights (and those of a skipped step, unless a GradScaler must see it) are left
+            # out rather than multiplied, not multiplied: 0 · (an Inf outside the probe) is NaN
+            skip = bool(bad) and scale is None
+            pairs = [
+                (w, x) for w, x in zip(weights.tolist(), losses, strict=True) if w and not skip
+            ]
+        else:  # NaN weights on a bad probe: the final gradient shows it (to a GradScaler too)
+            weights = torch.where(bad, math.nan, weights)
+            pairs = [(w.to(loss.dtype), loss) for w, loss in zip(weights, losses, strict=True)]
+        with record_function("mogd.combine"), torch.enable_grad():
+            if pairs:
+                total = sum((w * loss for w, loss in pairs[1:]), pairs[0][0] * pairs[0][1])
+                assert isinstance(total, torch.Tensor)
+                total.backward()
+        self._probed = {"G": G, "result": result, "bad": bad}
 
     # -- the step ----------------------------------------------------------------------------------
 
     def step(self, losses: Sequence[torch.Tensor] | None = None) -> StepInfo:  # type: ignore[override]
-        """One multi-objective step; returns a :class:`StepInfo`.
+        """One multi-objective step; returns a :class:`StepInfo` (lazy: read it to sync).
 
         Args:
             losses: the k scalar losses (one shared graph or several). When None, the gradients of
-                the ``opt.objective(i)`` backward passes since the last step are used.
+                the ``opt.objective(i)`` / ``opt.backward(losses)`` passes since the last step.
         """
         if callable(losses) and not isinstance(losses, torch.Tensor):
             raise TypeError(
@@ -372,153 +298,136 @@ class MOGD(Optimizer):
             raise
 
     def _step(self, losses: Sequence[torch.Tensor] | None) -> StepInfo:
-        scale, scaler_found_inf = self._scaler_state(losses)
-        if self._probe is not None:
-            return self._probe_step(losses)
+        scale, scaler_inf = amp.scaler_state(self, losses)
+        self._scaler_guard.observe(scale is not None)
         if losses is not None:
-            checked = self._check_losses(losses)
-            if self._bank is not None and self._bank.live:
-                raise ValueError(
-                    "step(losses) after opt.objective(i) backward passes: use one or the other "
-                    "per step (or call zero_grad() first)"
-                )
-            if self._k is None:
-                self._set_k(len(checked))
-            for i, loss in enumerate(checked):
-                with self.objective(i):
-                    loss.backward(retain_graph=i < len(checked) - 1)
+            self.backward(losses)
+        if self._probe is not None:
+            return self._probe_tail(scale, scaler_inf)
+        # collect -> Gram -> weights or skip -> combine -> clip (folded) -> inner step
         bank = self._full_bank()
-        self._close_objectives(bank)
-        topology = self._topology
-        assert topology is not None
-        if topology.kind == "replicated":
-            distributed.all_reduce_sum_(bank.all_tensors(), topology.group)
-        G = self._global_gram(bank.matrices(), bank)
-        divisor = (1.0 if scale is None else scale) * topology.world_size
-        G = G / divisor**2
-        bad = _nonfinite_objectives(G)
-        if scaler_found_inf or bad:
-            return self._skip(G, bad, by_scaler=scaler_found_inf, bank=bank)
-        result = self.weighting.solve(G)
-        weights = result.weights
-        with torch.no_grad():
-            for matrix, row0 in zip(bank.matrices(), bank.row_tensors(0), strict=True):
-                out = row0 if isinstance(matrix, torch.Tensor) else [row0]
-                combine(matrix, weights / divisor, out=out)
-        bank.point_grads(0, only=self._reached)
-        self.inner.step()
-        return self._finish(G, weights, result.alpha, result.kkt_residual, skipped=False)
-
-    def _probe_step(self, losses: Sequence[torch.Tensor] | None) -> StepInfo:
-        if losses is None:
-            raise ValueError(
-                "probe mode needs the losses: opt.step([loss_0, ..., loss_k-1]) (each objective's "
-                "gradient is taken on the probe, then one backward of Σ w_i L_i runs)"
-            )
-        checked = self._check_losses(losses)
+        k = self._collector.close(bank, self._k)
         if self._k is None:
-            self._set_k(len(checked))
-        assert self._probe is not None
-        bank = self._probe_bank()
-        k = len(checked)
-        with torch.no_grad():
-            for i in range(k):
-                bank.ensure_row(i)
-        for i, loss in enumerate(checked):
-            # autograd.grad, not backward(inputs=probe): it leaves .grad alone and does not fire DDP's
-            # reducer hooks, so the one weighted backward below is an ordinary DDP backward.
-            grads = torch.autograd.grad(loss, self._probe, retain_graph=True, allow_unused=True)
-            with torch.no_grad():
-                for view, g in zip(bank.grads(i), grads, strict=True):
-                    if g is not None:
-                        _local_of(view).copy_(_local_of(g))
-        topology = self._topology
-        assert topology is not None
-        if topology.kind == "replicated":
-            distributed.all_reduce_sum_(bank.all_tensors(), topology.group)
-        G = self._global_gram(bank.matrices(), bank) / float(topology.world_size) ** 2
-        bad = _nonfinite_objectives(G)
-        if bad:
-            bank.reset()
-            return self._skip(G, bad, by_scaler=False, bank=None)
-        result = self.weighting.solve(G)
-        weights = result.weights
-        # zero weights are left out rather than multiplied: 0 · (an Inf outside the probe) is NaN
-        pairs = [(w, loss) for w, loss in zip(weights.tolist(), checked, strict=True) if w]
-        if pairs:
-            with torch.enable_grad():
-                total = pairs[0][0] * pairs[0][1]
-                for w, loss in pairs[1:]:
-                    total = total + w * loss
-            total.backward()
-        bank.reset()
+            self._set_k(k)
+        topology = self._ensure_topology()
+        topology.sum_bank_(bank.all_tensors())
+        with record_function("mogd.gram"):
+            G = self._global_gram(bank)
+            divisor = topology.world_size * (1.0 if scale is None else scale.to(G))
+            G = G / divisor**2
+        with record_function("mogd.weights"):
+            result, bad = self._solve(G, scaler_inf)
+        weights = result.weights.to(G.device)
+        with record_function("mogd.clip"):
+            norm = torch.where(bad, math.nan, weights @ G @ weights).clamp_min(0.0).sqrt()
+            coef = self._clip_coef(norm)
+        with record_function("mogd.combine"), torch.no_grad():
+            final = torch.where(bad, 0.0, weights * coef / divisor)
+            for matrix, row0 in zip(bank.matrices(), bank.row_tensors(0), strict=True):
+                combine(
+                    matrix,
+                    final,
+                    out=row0 if isinstance(matrix, torch.Tensor) else [row0],
+                    check=False,
+                )
+        self._collector.point_at_direction(bank)
+        return self._inner_step(G, result, bad, norm)
+
+    def _probe_tail(self, scale: torch.Tensor | None, scaler_inf: torch.Tensor | None) -> StepInfo:
+        """Probe mode after the weighted backward: unscale, measure, clip, step."""
+        if self._probed is None:
+            raise ValueError(
+                "probe mode needs the losses: opt.step([loss_0, ..., loss_k-1]) or "
+                "opt.backward([...]) first (each objective's gradient is taken on the probe, then one "
+                "backward of Σ w_i L_i runs)"
+            )
+        G, result, bad = self._probed["G"], self._probed["result"], self._probed["bad"]
+        self._probed = None
         trainable = self._trainable()
-        combined = [p.grad for p in trainable if p.grad is not None]
-        if topology.kind == "replicated" and not topology.ddp and combined:
-            distributed.all_reduce_grads_(combined, topology.group, topology.world_size)
-        if combined and not bool(
-            torch.isfinite(torch.nn.utils.get_total_norm(combined, norm_type=math.inf))
-        ):
-            for p in trainable:
-                p.grad = None
-            return self._skip(G, [], by_scaler=False, bank=None, combined=True)
-        self.inner.step()
-        return self._finish(G, weights, result.alpha, result.kkt_residual, skipped=False)
+        grads = [p.grad for p in trainable if p.grad is not None]
+        topology = self._ensure_topology()
+        topology.average_grads_(grads)
+        with record_function("mogd.clip"):
+            norm = topology.grad_norm(trainable, self._group_key(), G.device)
+            if scale is not None:
+                norm = norm / scale.to(norm)
+            bad = bad | ~torch.isfinite(norm)
+            if scaler_inf is not None:
+                bad = bad | (scaler_inf.to(bad.device) > 0)
+            coef = self._clip_coef(norm)
+            if scale is not None:
+                coef = coef / scale.to(coef)
+        if grads and (scale is not None or self.max_norm is not None):
+            with record_function("mogd.clip"), torch.no_grad():
+                for g in grads:
+                    distributed.local_tensor(g).mul_(coef.to(g.device, g.dtype))
+        return self._inner_step(G, result, bad, norm)
+
+    def _solve(
+        self, G: torch.Tensor, scaler_inf: torch.Tensor | None = None
+    ) -> tuple[WeightingResult, torch.Tensor]:
+        """(weights, bad): the weighting of a finite G, and whether the step must be skipped."""
+        bad = ~torch.isfinite(G).all()
+        if scaler_inf is not None:
+            bad = bad | (scaler_inf.to(bad.device) > 0)
+        if self._on_host(G):
+            if bad.item():
+                k = G.shape[0]
+                return WeightingResult(
+                    torch.full((k,), math.nan, dtype=torch.float64), None, None
+                ), bad
+            return self.weighting.solve(G.cpu()), bad
+        result = self.weighting.solve_tensor(torch.where(torch.isfinite(G), G, 0.0))
+        return result, bad
+
+    def _clip_coef(self, norm: torch.Tensor) -> torch.Tensor:
+        """min(1, max_norm / (‖d‖ + 1e-6)), the factor clip_grad_norm_ applies (1 without max_norm)."""
+        if self.max_norm is None:
+            return torch.ones_like(norm)
+        coef = self.max_norm / (norm + CLIP_EPS)
+        return torch.where(torch.isfinite(coef), coef.clamp(max=1.0), 1.0)
+
+    def _inner_step(
+        self, G: torch.Tensor, result: WeightingResult, bad: torch.Tensor, norm: torch.Tensor
+    ) -> StepInfo:
+        """Step the inner optimizer; a skip still undecided on the host goes in as ``found_inf``."""
+        decided = self._on_host(G) or not self._skips_on_device()
+        if decided and bad.item():
+            return self._skip(G, result)
+        with record_function("mogd.inner_step"):
+            if decided:
+                self.inner.step()
+            else:
+                self.inner.found_inf = bad.to(torch.float32)  # type: ignore[attr-defined]
+                self.inner.grad_scale = None  # type: ignore[attr-defined]
+                try:
+                    self.inner.step()
+                finally:
+                    del self.inner.found_inf, self.inner.grad_scale  # type: ignore[attr-defined]
+        weights = result.weights
+        if decided:
+            self._steps = int(self._steps) + 1
+            self._last_weights = weights.detach().clone()
+        else:
+            self._steps = self._steps + (~bad).to(torch.int64)
+            last = self._last_weights
+            last = torch.full_like(weights, math.nan) if last is None else last.to(weights)
+            self._last_weights = torch.where(bad, last, weights)
+        return self._finish(G, result, bad if not decided else False, norm)
+
+    def _skips_on_device(self) -> bool:
+        """Whether the inner optimizer takes ``found_inf`` (fused Adam/AdamW/SGD) and no host
+        decision is required (``nonfinite="raise"`` needs one)."""
+        return self.nonfinite == "skip" and bool(
+            getattr(self.inner, "_step_supports_amp_scaling", False)
+        )
+
+    def _on_host(self, G: torch.Tensor) -> bool:
+        if self.weights_on == "auto":
+            return G.device.type != "cuda"
+        return self.weights_on == "host"
 
     # -- helpers -----------------------------------------------------------------------------------
-
-    def _scaler_state(self, losses: Any) -> tuple[float | None, bool]:
-        """(scale, found_inf) when a GradScaler calls step(), else (None, False)."""
-        found_inf = getattr(self, "found_inf", None)
-        if found_inf is None:
-            if self._amp is None:
-                # no scaler at the first step: stop guarding objective exits for one (a scaler
-                # brought in later is guarded from its second step on)
-                self._amp = False
-            return None, False
-        self._amp = True
-        scale = getattr(self, "grad_scale", None)
-        if scale is None:
-            raise RuntimeError(
-                "scaler.unscale_(optimizer) was called before scaler.step(optimizer); MOGD keeps one "
-                "gradient per objective and unscales them all inside step(): drop the unscale_ call"
-            )
-        if losses is not None or self._probe is not None:
-            raise RuntimeError(
-                "with a GradScaler, backpropagate each objective as "
-                "`with opt.objective(i): scaler.scale(loss_i).backward()` and then call "
-                "scaler.step(opt) without losses (probe mode does not support GradScaler)"
-            )
-        found = float(found_inf) if not isinstance(found_inf, torch.Tensor) else found_inf.item()
-        return float(scale), found > 0
-
-    def _check_losses(self, losses: Any) -> list[torch.Tensor]:
-        if isinstance(losses, torch.Tensor) or not isinstance(losses, Sequence):
-            raise TypeError(
-                "losses must be a list or tuple of k scalar tensors, e.g. opt.step([loss_a, "
-                f"loss_b]); got {type(losses).__name__} (for one objective pass [loss])"
-            )
-        if len(losses) == 0:
-            raise ValueError("losses is empty; pass one scalar loss per objective")
-        if self._k is not None and len(losses) != self._k:
-            raise ValueError(
-                f"got {len(losses)} losses but earlier steps had k = {self._k} objectives; "
-                "pass the same objectives every step"
-            )
-        for i, loss in enumerate(losses):
-            if not isinstance(loss, torch.Tensor):
-                raise TypeError(f"losses[{i}] must be a tensor, got {type(loss).__name__}")
-            if loss.numel() != 1:
-                raise ValueError(
-                    f"losses[{i}] has shape {tuple(loss.shape)}; each loss must be a scalar "
-                    "(reduce it with .mean() or .sum())"
-                )
-            if not loss.requires_grad:
-                raise ValueError(
-                    f"losses[{i}] does not require grad: it is not connected to any trainable "
-                    "parameter (computed under torch.no_grad() or from detached tensors?)"
-                )
-        return list(losses)
 
     def _trainable(self) -> list[torch.Tensor]:
         seen: set[int] = set()
@@ -530,44 +439,6 @@ class MOGD(Optimizer):
                     out.append(p)
         return out
 
-    def _resolve_probe(self, probe: Any) -> list[torch.Tensor]:
-        params: list[torch.Tensor]
-        if isinstance(probe, torch.nn.Module):
-            params = [p for p in probe.parameters() if p.requires_grad]
-        elif isinstance(probe, torch.Tensor):
-            params = [probe]
-        else:
-            try:
-                params = list(probe)
-            except TypeError as err:
-                raise TypeError(
-                    "probe must be a module (e.g. model.lm_head) or an iterable of parameters"
-                ) from err
-            if not all(isinstance(p, torch.Tensor) for p in params):
-                raise TypeError("probe must be a module or an iterable of parameters (tensors)")
-        if not params:
-            raise ValueError("probe has no trainable parameters; pass e.g. probe=model.lm_head")
-        ids = {id(p) for p in self._trainable()}
-        if any(id(p) not in ids for p in params):
-            raise ValueError(
-                "probe parameters must be trainable parameters of the inner optimizer "
-                "(pass the same model's module, e.g. probe=model.lm_head)"
-            )
-        if any(distributed.is_sharded(p) for p in params):
-            raise ValueError(
-                "probe mode with sharded (DTensor/FSDP2) parameters is not supported: FSDP2 runs the "
-                "forward on unsharded copies; use the full mode"
-            )
-        unique: dict[int, torch.Tensor] = {}
-        for p in params:
-            unique.setdefault(id(p), p)
-        return list(unique.values())
-
-    def _adopt_topology(self, topology: distributed.Topology) -> None:
-        self._topology = topology
-        if topology.kind == "replicated" and self._probe is None:
-            distributed.take_over_ddp(topology)
-
     def _ensure_topology(self) -> distributed.Topology:
         if self._topology is None:
             # Wrapped after MOGD was built (accelerate.prepare): look again, once.
@@ -576,150 +447,74 @@ class MOGD(Optimizer):
                 import torch.distributed as dist
 
                 found = distributed.local_fallback(dist.get_world_size())
-            self._adopt_topology(found)
-        assert self._topology is not None
+            found.adopt(full_mode=self._probe is None)
+            self._topology = found
         return self._topology
-
-    def _collective_groups(self) -> list[Any]:
-        topology = self._ensure_topology()
-        if topology.kind == "replicated":
-            return [topology.group]
-        if topology.kind == "sharded" and self._bank is not None:
-            groups: list[Any] = []
-            for g in self._bank.groups:
-                groups.extend(x for x in g.reduce_groups if all(x is not y for y in groups))
-            return groups
-        return []
 
     def _set_k(self, k: int) -> None:
         self._k = k
         if self._bank is not None and self._bank.k is None:
             self._bank.fix_k(k)
 
+    def _group_key(self) -> Any:
+        if self._ensure_topology().kind == "sharded":
+            return distributed.shard_groups
+        return lambda _: ()
+
     def _full_bank(self) -> GradientBank:
-        """The bank over all trainable parameters, rebuilt when they changed between steps."""
-        if self._bank is not None and self._bank.live:
-            return self._bank  # mid-accumulation: the parameter set cannot change now
-        topology = self._ensure_topology()
-        params = self._trainable()
-        signature = tuple(id(p) for p in params)
-        if self._bank is None or (signature != self._bank_signature and not self._bank.live):
-            for handle in self._hooks:
-                handle.remove()
-            self._bank = None  # free the old buffers before allocating new ones
-            group_key = distributed.shard_groups if topology.kind == "sharded" else _no_groups
-            self._bank = GradientBank(params, group_key, self._k)
-            self._bank_signature = signature
-            self._hooks = register_hooks(self._bank, self._on_grad, self._on_incoming)
-            self._reached = [False] * len(params)
+        self._bank = self._collector.bank_for(self._trainable(), self._group_key(), self._k)
         return self._bank
 
     def _probe_bank(self) -> GradientBank:
-        topology = self._ensure_topology()
         if self._bank is None:
-            group_key = distributed.shard_groups if topology.kind == "sharded" else _no_groups
             assert self._probe is not None
-            self._bank = GradientBank(self._probe, group_key, self._k)
+            self._bank = GradientBank(self._probe, self._group_key(), self._k)
         return self._bank
 
-    def _close_objectives(self, bank: GradientBank) -> int:
-        """Check that every objective 0..k-1 was backpropagated since the last step; fix k."""
-        if not bank.live:
-            raise ValueError(
-                "step() found no per-objective gradients: pass the losses, opt.step([loss_0, ...]), "
-                "or backpropagate each inside `with opt.objective(i):` first"
-            )
-        k = self._k if self._k is not None else max(bank.live) + 1
-        missing = [i for i in range(k) if i not in bank.live]
-        if missing:
-            raise ValueError(
-                f"objective {missing[0]} was never backpropagated since the last step "
-                f"(k = {k}); run `with opt.objective({missing[0]}): loss.backward()` first"
-            )
-        if self._k is None:
-            self._set_k(k)
-        return k
-
-    def _global_gram(self, matrices: list[Any], bank: GradientBank) -> torch.Tensor:
-        """G summed over buffers, and over the shards of sharded buffers (one k×k all-reduce)."""
-        by_groups: dict[tuple, torch.Tensor] = {}
-        for matrix, group in zip(matrices, bank.groups, strict=True):
-            G = gram(matrix)
-            key = group.reduce_groups
-            by_groups[key] = G if key not in by_groups else by_groups[key] + G.to(by_groups[key])
-        total = torch.zeros(self._k or 1, self._k or 1, dtype=torch.float64)
-        for key, G in by_groups.items():
-            distributed.sum_over_groups_(G, key)
-            total += G.cpu()
-        return total
+    def _global_gram(self, bank: GradientBank) -> torch.Tensor:
+        """G over every buffer of the bank and every shard (one k×k all-reduce per shard set)."""
+        parts = [(gram(m), key) for m, key in zip(bank.matrices(), bank.shard_keys(), strict=True)]
+        return self._ensure_topology().global_gram(parts)
 
     def _reset_cycle(self) -> None:
         if self._bank is not None:
             self._bank.reset()
-        self._reached = [False] * len(self._reached)
-        self._inf_flag = None
+        self._collector.reset()
+        self._scaler_guard.reset()
+        self._probed = None
 
     def _finish(
-        self,
-        G: torch.Tensor,
-        weights: torch.Tensor,
-        alpha: torch.Tensor | None,
-        kkt: float | None,
-        skipped: bool,
+        self, G: torch.Tensor, result: WeightingResult, skipped: Any, norm: torch.Tensor | float
     ) -> StepInfo:
         self._reset_cycle()
-        if not skipped:
-            self._steps += 1
-            self._last_weights = weights.clone()
-        norms = G.diagonal().clamp(min=0).sqrt()
-        outer = norms[:, None] * norms[None, :]
-        cosine = torch.where(outer > 0, G / torch.where(outer > 0, outer, 1.0), 0.0)
-        self.last_info = StepInfo(weights, alpha, norms, G, cosine, kkt, skipped)
+        self.last_info = StepInfo(
+            result.weights, result.alpha, G, result.kkt_residual, skipped, norm
+        )
         return self.last_info
 
-    def _skip(
-        self,
-        G: torch.Tensor,
-        bad: list[int],
-        by_scaler: bool,
-        bank: GradientBank | None,
-        combined: bool = False,
-    ) -> StepInfo:
-        if bank is not None:
-            for p in bank.params:
-                p.grad = None
-        k = G.shape[0]
-        info = self._finish(G, torch.full((k,), math.nan, dtype=torch.float64), None, None, True)
-        if not by_scaler:
-            where = (
-                "the combined gradient Σ w_i g_i"
-                if combined
-                else "objective(s) " + ", ".join(str(i) for i in bad)
-            )
-            message = f"non-finite gradient (NaN/Inf) in {where} at MOGD step {self._steps}"
-            if self.nonfinite == "raise":
-                raise FloatingPointError(message)
-            warnings.warn(
-                message + "; the step was skipped (parameters and optimizer state unchanged)",
-                RuntimeWarning,
-                stacklevel=3,
-            )
+    @staticmethod
+    def _nonfinite_rows(G: torch.Tensor) -> list[int]:
+        """Objectives whose gradient holds NaN/Inf, read off the Gram (G_ii is then non-finite)."""
+        finite = torch.isfinite(G.cpu())
+        diag = [i for i in range(G.shape[0]) if not bool(finite[i, i])]
+        return diag or [i for i in range(G.shape[0]) if not bool(finite[i].all())]
+
+    def _skip(self, G: torch.Tensor, result: WeightingResult) -> StepInfo:
+        """A skip decided on the host: no inner step, ``.grad`` cleared, warn or raise."""
+        for p in self._trainable():
+            p.grad = None
+        info = self._finish(G, result, True, math.nan)
+        scaler_inf = getattr(self, "found_inf", None)
+        if scaler_inf is not None and float(scaler_inf) > 0:
+            return info  # the GradScaler's own skip: it backs off and tells the caller
+        bad = self._nonfinite_rows(G)
+        where = "objective(s) " + ", ".join(map(str, bad)) if bad else "the combined gradient"
+        message = f"non-finite gradient (NaN/Inf) in {where} at MOGD step {int(self._steps)}"
+        if self.nonfinite == "raise":
+            raise FloatingPointError(message)
+        warnings.warn(
+            message + "; the step was skipped (parameters and optimizer state unchanged)",
+            RuntimeWarning,
+            stacklevel=4,
+        )
         return info
-
-
-def _no_groups(_: torch.Tensor) -> tuple:
-    return ()
-
-
-def _local_of(t: torch.Tensor) -> torch.Tensor:
-    to_local = getattr(t, "to_local", None)
-    return to_local() if callable(to_local) else t
-
-
-def _nonfinite_objectives(G: torch.Tensor) -> list[int]:
-    """Objectives whose gradient holds NaN/Inf, read off the Gram (G_ii is then non-finite)."""
-    finite = torch.isfinite(G)
-    if bool(finite.all()):
-        return []
-    diag = [i for i in range(G.shape[0]) if not bool(finite[i, i])]
-    return diag or [i for i in range(G.shape[0]) if not bool(finite[i].all())]

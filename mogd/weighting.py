@@ -2,6 +2,11 @@
 
 Every method of DESIGN §1 is a map G ↦ w with update direction d = Σ_i w_i g_i. Nothing here touches a
 gradient; the optimizer builds G and applies w.
+
+Each weighting has two equivalent entry points: :meth:`Weighting.solve` validates G and solves in
+float64 on the host (the reference, with :func:`mogd.min_norm`), and :meth:`Weighting.solve_tensor`
+computes the same map with tensor operations on G's device, without reading a value back to the host
+(:mod:`mogd.device_solve`), so that a CUDA step never waits for the GPU.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from typing import Literal
 import numpy as np
 import torch
 
+from mogd.device_solve import min_norm_masked
 from mogd.solver import as_gram, min_norm
 
 __all__ = ["GAPO", "MGDA", "PGAPO", "Linear", "Weighting", "WeightingResult"]
@@ -25,14 +31,16 @@ class WeightingResult:
     """What a weighting computed from one Gram matrix.
 
     Attributes:
-        weights: float64 CPU tensor [k]: d = Σ_i weights_i g_i.
+        weights: float64 tensor [k]: d = Σ_i weights_i g_i (on the CPU from :meth:`Weighting.solve`,
+            on G's device from :meth:`Weighting.solve_tensor`).
         alpha: the simplex point of the min-norm QP (None for methods without a QP).
-        kkt_residual: the QP's KKT residual (None without a QP).
+        kkt_residual: the QP's KKT residual (None without a QP): a float from ``solve``, a float64
+            0-dim tensor on G's device from ``solve_tensor``.
     """
 
     weights: torch.Tensor
     alpha: torch.Tensor | None
-    kkt_residual: float | None
+    kkt_residual: float | torch.Tensor | None
 
 
 class Weighting(ABC):
@@ -40,7 +48,17 @@ class Weighting(ABC):
 
     @abstractmethod
     def solve(self, G: torch.Tensor | np.ndarray) -> WeightingResult:
-        """Weights (and the QP's solution, where there is one) for Gram matrix G."""
+        """Weights (and the QP's solution, where there is one) for Gram matrix G, in float64 on the
+        host, after validating G (ValueError for a non-finite, asymmetric or indefinite G)."""
+
+    @abstractmethod
+    def solve_tensor(self, G: torch.Tensor) -> WeightingResult:
+        """The same map on G's device, by tensor operations only (no host synchronisation).
+
+        G must be a finite float64 Gram matrix (what :func:`mogd.gram` returns); it is not
+        validated, because validating means reading values back. The QP is solved exactly by
+        :func:`mogd.device_solve.min_norm_masked` (on the host, one synchronisation, for k > 8).
+        """
 
     def __call__(self, G: torch.Tensor | np.ndarray) -> torch.Tensor:
         return self.solve(G).weights
@@ -128,6 +146,23 @@ class GAPO(Weighting):
                 weights[active] = alpha[active]
         return WeightingResult(torch.from_numpy(weights), torch.from_numpy(alpha), kkt)
 
+    def solve_tensor(self, G: torch.Tensor) -> WeightingResult:
+        G = G.to(torch.float64)
+        k = G.shape[0]
+        if k == 1:
+            one = torch.ones(1, dtype=torch.float64, device=G.device)
+            return WeightingResult(
+                one, one.clone(), torch.zeros((), dtype=torch.float64, device=G.device)
+            )
+        norms = G.diagonal().clamp_min(0.0).sqrt()
+        active = norms > 0
+        top = norms.amax().clamp_min(torch.finfo(torch.float64).tiny)
+        ratio = torch.where(active, norms / top, torch.ones_like(norms))
+        scale = torch.where(active, ratio**-self.p, torch.zeros_like(norms))
+        alpha, kkt = min_norm_masked(G * (scale[:, None] * scale[None, :]), active)
+        weights = alpha * scale * top**-self.p if self.update == "rescaled" else alpha
+        return WeightingResult(weights, alpha, kkt)
+
 
 class MGDA(GAPO):
     """Multiple-gradient descent (Désidéri 2012): w = argmin_{w ∈ Δ} wᵀGw, d = Σ w_i g_i.
@@ -170,6 +205,18 @@ class PGAPO(Weighting):
         weights[active] = self.preference[active] / norms[active]
         return WeightingResult(torch.from_numpy(weights), None, None)
 
+    def solve_tensor(self, G: torch.Tensor) -> WeightingResult:
+        _check_k(self.preference, G.shape[0], "preference")
+        if G.shape[0] == 1:
+            return WeightingResult(torch.ones(1, dtype=torch.float64, device=G.device), None, None)
+        norms = G.to(torch.float64).diagonal().clamp_min(0.0).sqrt()
+        pref = torch.as_tensor(self.preference, dtype=torch.float64).to(G.device, non_blocking=True)
+        active = norms > 0
+        weights = torch.where(
+            active, pref / torch.where(active, norms, torch.ones_like(norms)), 0.0
+        )
+        return WeightingResult(weights, None, None)
+
 
 class Linear(Weighting):
     """Linear scalarisation (the MORLHF baseline): d = Σ_i c_i g_i with fixed c ≥ 0, ignoring G."""
@@ -184,3 +231,8 @@ class Linear(Weighting):
         A = as_gram(G)
         _check_k(self.weights, A.shape[0], "weights")
         return WeightingResult(torch.from_numpy(self.weights.copy()), None, None)
+
+    def solve_tensor(self, G: torch.Tensor) -> WeightingResult:
+        _check_k(self.weights, G.shape[0], "weights")
+        weights = torch.as_tensor(self.weights, dtype=torch.float64)
+        return WeightingResult(weights.to(G.device, non_blocking=True), None, None)

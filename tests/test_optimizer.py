@@ -505,9 +505,12 @@ def test_step_info_fields_and_as_dict():
         "alpha/harmless",
         "cosine/helpful/harmless",
         "kkt_residual",
+        "direction_norm",
         "skipped",
     }
     assert all(isinstance(v, float) for v in d.values()) and d["skipped"] == 0.0
+    d_ref = info.weights @ J  # float64 reference direction from the independent Jacobian
+    assert d["direction_norm"] == pytest.approx(float(d_ref.norm()), rel=1e-9)
     assert d["cosine/helpful/harmless"] == pytest.approx(float(info.cosine[0, 1]))
     with pytest.raises(ValueError, match="names has 1 entries"):
         info.as_dict(names=("only",))

@@ -1,0 +1,101 @@
+"""Validation of what users pass to :class:`mogd.MOGD`: losses, probes and settings.
+
+Every error names the argument and the fix (DESIGN §6).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from mogd.distributed import is_sharded
+
+__all__ = ["check_choice", "check_losses", "check_max_norm", "resolve_probe"]
+
+
+def check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {choices}, got {value!r}")
+
+
+def check_max_norm(max_norm: Any) -> float | None:
+    if max_norm is None:
+        return None
+    if (
+        isinstance(max_norm, bool)
+        or not isinstance(max_norm, (int, float))
+        or not math.isfinite(max_norm)
+        or max_norm <= 0
+    ):
+        raise ValueError(
+            f"max_norm must be a finite number > 0 (or None: no clipping), got {max_norm!r}"
+        )
+    return float(max_norm)
+
+
+def check_losses(losses: Any, k: int | None) -> list[torch.Tensor]:
+    """The k scalar, differentiable losses of one step (k: the count of earlier steps, if any)."""
+    if isinstance(losses, torch.Tensor) or not isinstance(losses, Sequence):
+        raise TypeError(
+            "losses must be a list or tuple of k scalar tensors, e.g. opt.step([loss_a, "
+            f"loss_b]); got {type(losses).__name__} (for one objective pass [loss])"
+        )
+    if len(losses) == 0:
+        raise ValueError("losses is empty; pass one scalar loss per objective")
+    if k is not None and len(losses) != k:
+        raise ValueError(
+            f"got {len(losses)} losses but earlier steps had k = {k} objectives; "
+            "pass the same objectives every step"
+        )
+    for i, loss in enumerate(losses):
+        if not isinstance(loss, torch.Tensor):
+            raise TypeError(f"losses[{i}] must be a tensor, got {type(loss).__name__}")
+        if loss.numel() != 1:
+            raise ValueError(
+                f"losses[{i}] has shape {tuple(loss.shape)}; each loss must be a scalar "
+                "(reduce it with .mean() or .sum())"
+            )
+        if not loss.requires_grad:
+            raise ValueError(
+                f"losses[{i}] does not require grad: it is not connected to any trainable "
+                "parameter (computed under torch.no_grad() or from detached tensors?)"
+            )
+    return list(losses)
+
+
+def resolve_probe(probe: Any, trainable: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """The probe's trainable parameters (a module's, or the given ones), each once, in order."""
+    params: list[torch.Tensor]
+    if isinstance(probe, torch.nn.Module):
+        params = [p for p in probe.parameters() if p.requires_grad]
+    elif isinstance(probe, torch.Tensor):
+        params = [probe]
+    else:
+        try:
+            params = list(probe)
+        except TypeError as err:
+            raise TypeError(
+                "probe must be a module (e.g. model.lm_head) or an iterable of parameters"
+            ) from err
+        if not all(isinstance(p, torch.Tensor) for p in params):
+            raise TypeError("probe must be a module or an iterable of parameters (tensors)")
+    if not params:
+        raise ValueError("probe has no trainable parameters; pass e.g. probe=model.lm_head")
+    ids = {id(p) for p in trainable}
+    if any(id(p) not in ids for p in params):
+        raise ValueError(
+            "probe parameters must be trainable parameters of the inner optimizer "
+            "(pass the same model's module, e.g. probe=model.lm_head)"
+        )
+    if any(is_sharded(p) for p in params):
+        raise ValueError(
+            "probe mode with sharded (DTensor/FSDP2) parameters is not supported: FSDP2 runs the "
+            "forward on unsharded copies; use the full mode"
+        )
+    unique: dict[int, torch.Tensor] = {}
+    for p in params:
+        unique.setdefault(id(p), p)
+    return list(unique.values())
