@@ -1,0 +1,69 @@
+"""Gradient accumulation over micro-batches for every objective (``--micro-batch-size``).
+
+An update batch of B sequences is forwarded in micro-batches of at most ``--micro-batch-size``
+sequences, so activation memory is bounded by the micro-batch, not by B. The PPO losses are
+means over the batch's response tokens, L = Σ_t ℓ_t / N, so the loss of the whole batch is the
+token-weighted sum of the micro-batches' own means: L = Σ_c (N_c / N) L_c. Each objective's
+gradient of the batch is therefore accumulated in MOGD's bank, one backward per objective and
+micro-batch inside ``opt.objective(i)`` with the loss scaled by N_c / N, and one ``opt.step()``
+takes the Gram of the accumulated gradients: the same step as one forward of all B sequences.
+
+Probe mode takes the k losses of the whole batch in one ``opt.step(losses)`` (the probe's
+gradients, then one weighted backward), so it cannot accumulate: it needs one micro-batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+__all__ = ["MicroBatch", "accumulate_objectives", "split"]
+
+
+@dataclass(frozen=True)
+class MicroBatch:
+    """Rows of one forward pass and their share N_c / N of the update batch's response tokens."""
+
+    rows: torch.Tensor
+    weight: float
+
+
+def split(rows: torch.Tensor, mask: torch.Tensor, size: int | None) -> list[MicroBatch]:
+    """Cut the update batch ``rows`` (indices into ``mask``'s rows) into micro-batches of at most
+    ``size`` sequences (None: one), weighted by their share of the response tokens (``mask`` 1)."""
+    if size is not None and size < 1:
+        raise ValueError(f"--micro-batch-size must be >= 1 or None; got {size}")
+    step = len(rows) if size is None else size
+    chunks = [rows[lo : lo + step] for lo in range(0, len(rows), max(step, 1))]
+    tokens = [float(mask[c].sum()) for c in chunks]
+    total = sum(tokens)
+    if total == 0:  # no response tokens at all: every loss is 0; keep the chunks equal
+        return [MicroBatch(c, 1.0 / len(chunks)) for c in chunks]
+    return [MicroBatch(c, n / total) for c, n in zip(chunks, tokens, strict=True)]
+
+
+def accumulate_objectives(
+    opt: Any,
+    chunks: list[MicroBatch],
+    losses_of: Callable[[torch.Tensor], list[torch.Tensor]],
+    probe: bool,
+) -> Any:
+    """One MOGD step over the update batch: ``losses_of(rows)`` gives the k losses of a micro-batch
+    (token means over its own rows). Returns ``opt.step()``'s StepInfo."""
+    if probe:
+        if len(chunks) != 1:
+            raise ValueError(
+                "probe mode takes the losses of the whole update batch in one step: use "
+                "--probe full with --micro-batch-size, or a --micro-batch-size of at least "
+                "the update batch"
+            )
+        return opt.step(losses_of(chunks[0].rows))
+    for chunk in chunks:
+        losses = losses_of(chunk.rows)
+        for i, loss in enumerate(losses):
+            with opt.objective(i):
+                (loss * chunk.weight).backward(retain_graph=i < len(losses) - 1)
+    return opt.step()

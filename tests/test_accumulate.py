@@ -1,0 +1,101 @@
+"""Per-objective gradient accumulation over micro-batches (integrations/accumulate.py): one MOGD
+step accumulated over micro-batches equals the step on the whole batch in one forward (float64,
+the PPO surrogate of integrations/ppo.py on a small Mistral), for every micro-batch size."""
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from transformers import MistralConfig, MistralForCausalLM
+
+import mogd
+from integrations import ppo
+from integrations.accumulate import accumulate_objectives, split
+
+B, P, T = 7, 3, 6  # sequences, prompt and response length
+
+
+def make_model():
+    torch.manual_seed(0)
+    config = MistralConfig(
+        vocab_size=50,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=32,
+        tie_word_embeddings=False,
+    )
+    return MistralForCausalLM(config).double().eval()
+
+
+def rollout():
+    g = torch.Generator().manual_seed(3)
+    ids = torch.randint(0, 50, (B, P + T), generator=g)
+    lengths = torch.tensor([6, 1, 4, 0, 6, 2, 5])  # ragged responses, one empty
+    mask = (torch.arange(T)[None, :] < lengths[:, None]).double()
+    old_logp = -torch.rand(B, T, generator=g, dtype=torch.float64) - 3.0
+    advantages = [torch.randn(B, T, generator=g, dtype=torch.float64) for _ in range(2)]
+    return ids, mask, old_logp, advantages
+
+
+def step(micro_batch_size, probe=False):
+    model = make_model()
+    ids, mask, old_logp, advantages = rollout()
+    opt = mogd.MOGD(
+        torch.optim.SGD(model.parameters(), lr=0.1),
+        mogd.GAPO(p=1),
+        probe=model.lm_head if probe else None,
+    )
+
+    def losses_of(rows):
+        logits = model(input_ids=ids[rows]).logits[:, P - 1 : -1]
+        logp = torch.log_softmax(logits, -1).gather(-1, ids[rows, P:, None]).squeeze(-1)
+        return [
+            ppo.policy_loss(logp, old_logp[rows], adv[rows], mask[rows], 0.2)[0]
+            for adv in advantages
+        ]
+
+    chunks = split(torch.arange(B), mask, micro_batch_size)
+    info = accumulate_objectives(opt, chunks, losses_of, probe=probe)
+    return info, torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 6])
+def test_accumulated_step_equals_the_whole_batch(size):
+    whole_info, whole = step(None)
+    info, params = step(size)
+    torch.testing.assert_close(info.gram, whole_info.gram, rtol=1e-10, atol=1e-14)
+    torch.testing.assert_close(info.weights, whole_info.weights, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(params, whole, rtol=0, atol=1e-12)
+    initial = torch.cat([p.detach().reshape(-1) for p in make_model().parameters()])
+    assert (params - initial).abs().max() > 1e-4  # the step moved the weights
+
+
+def test_probe_mode_needs_one_micro_batch():
+    step(None, probe=True)  # the whole batch: fine
+    with pytest.raises(ValueError, match="probe mode takes the losses of the whole update batch"):
+        step(2, probe=True)
+
+
+@settings(max_examples=50, deadline=None)
+@given(
+    lengths=st.lists(st.integers(0, 5), min_size=1, max_size=12),
+    size=st.one_of(st.none(), st.integers(1, 13)),
+)
+def test_micro_batches_partition_the_rows_by_token_share(lengths, size):
+    mask = (torch.arange(5)[None, :] < torch.tensor(lengths)[:, None]).float()
+    rows = torch.randperm(len(lengths), generator=torch.Generator().manual_seed(len(lengths)))
+    chunks = split(rows, mask, size)
+    assert torch.equal(torch.cat([c.rows for c in chunks]), rows)
+    assert all(len(c.rows) <= (size or len(rows)) for c in chunks)
+    assert sum(c.weight for c in chunks) == pytest.approx(1.0)
+    if sum(lengths):
+        for c in chunks:
+            assert c.weight == pytest.approx(float(mask[c.rows].sum()) / sum(lengths))
+
+
+def test_bad_micro_batch_size_is_refused():
+    with pytest.raises(ValueError, match="--micro-batch-size must be >= 1"):
+        split(torch.arange(3), torch.ones(3, 2), 0)
