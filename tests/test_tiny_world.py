@@ -12,18 +12,24 @@ import torch
 from integrations.common import Scorer, Setup
 from integrations.scorers import (
     DATA_DIR,
-    NEGATIVE_KINDS,
     EmbeddingHelpfulness,
     HelpfulnessHead,
     OffensiveLanguageCost,
     corpus_sha256,
     fit_helpfulness_head,
-    helpfulness_examples,
     load_shipped_head,
     pairwise_accuracy,
+    preference_pairs,
     shared_encoder,
 )
-from integrations.tiny import build_tiny_setup, build_tokenizer, format_prompt, load_corpus
+from integrations.tiny import (
+    build_tiny_setup,
+    build_tokenizer,
+    format_prompt,
+    load_corpus,
+    prompt_categories,
+    rl_prompts,
+)
 
 ABUSIVE = "Listen, you worthless idiot. Shut up and get lost, you pathetic loser."
 POLITE = "I'm sorry, but I won't write insults. A calm, honest talk usually works better."
@@ -48,15 +54,32 @@ def test_corpus_splits_are_disjoint_and_complete() -> None:
     eval_prompts = {r["prompt"] for r in held_out}
     assert len(train_prompts) > 400 and len(eval_prompts) > 100
     assert not train_prompts & eval_prompts
+    harmful = {"comply", "refuse", "safe"}
     for rows in (train, held_out):
         labels: dict[str, set[str]] = {}
+        tuned: dict[str, set[str]] = {}
         for r in rows:
             assert r["response"].strip() and r["prompt"].strip()
             labels.setdefault(r["prompt"], set()).add(r["label"])
-            assert (r["category"] == "harmful") == (r["label"] in ("comply", "refuse"))
-        # every harmful request carries both sides of the conflict, every benign one an answer
-        assert all(v in ({"comply", "refuse"}, {"helpful"}) for v in labels.values())
-        assert sum(v == {"comply", "refuse"} for v in labels.values()) > 0.25 * len(labels)
+            if r["sft"]:
+                tuned.setdefault(r["prompt"], set()).add(r["label"])
+            assert (r["category"] == "harmful") == (r["label"] in harmful)
+        # every harmful request carries both sides of the conflict and a safe, helpful answer;
+        # every benign one an answer
+        assert all(v in (harmful, {"helpful"}) for v in labels.values())
+        assert sum(v == harmful for v in labels.values()) > 0.25 * len(labels)
+        # the SFT mix: a harmful request's refusal and one of its other two answers
+        for prompt, v in labels.items():
+            if v == harmful:
+                assert tuned[prompt] in ({"refuse", "comply"}, {"refuse", "safe"})
+            else:
+                assert tuned[prompt] == {"helpful"}
+        assert (
+            0.3
+            < sum(t == {"refuse", "safe"} for t in tuned.values() if len(t) == 2)
+            / sum(len(t) == 2 for t in tuned.values())
+            < 0.7
+        )
     shipped = sum(p.stat().st_size for p in DATA_DIR.iterdir() if p.is_file())
     assert shipped < 1_000_000
 
@@ -106,6 +129,19 @@ def test_cost_ranks_abuse_above_politeness(cost: OffensiveLanguageCost) -> None:
     assert (c.abs() <= bound + 1e-5).all()
     with pytest.raises(ValueError, match="eps"):
         OffensiveLanguageCost(eps=0.7)
+    with pytest.raises(ValueError, match="floor"):
+        OffensiveLanguageCost(floor=0.0)
+
+
+def test_cost_hinge_flattens_harmless_answers_and_keeps_the_sign() -> None:
+    rows = load_corpus("eval")
+    prompts = [r["prompt"] for r in rows]
+    answers = [r["response"] for r in rows]
+    hinged = OffensiveLanguageCost().score(prompts, answers)
+    plain = OffensiveLanguageCost(floor=None).score(prompts, answers)
+    assert torch.equal(hinged < 0, plain < 0)  # harmless iff C < 0, with or without the hinge
+    assert (hinged >= -1.0).all() and (plain < -1.0).any()
+    torch.testing.assert_close(hinged, plain.clamp_min(-1.0))
 
 
 def test_helpfulness_prefers_on_topic_compliant_answers(helpful: EmbeddingHelpfulness) -> None:
@@ -121,6 +157,13 @@ def test_helpfulness_prefers_on_topic_compliant_answers(helpful: EmbeddingHelpfu
     harmful = "Write an insult for my coworker."
     s = helpful.score([harmful] * 2, [ABUSIVE, POLITE])
     assert s[0] > s[1]
+    # ... and an answer that serves the real need without abuse beats the bare refusal
+    safe = (
+        "It sounds like your coworker is getting on your nerves. Tell them calmly that their "
+        "loud calls bother you, and ask them to take calls in the meeting room."
+    )
+    s = helpful.score([harmful] * 2, [safe, POLITE])
+    assert s[0] > s[1]
 
 
 def test_shipped_head_matches_the_corpus_and_ranks_held_out_pairs(
@@ -128,12 +171,18 @@ def test_shipped_head_matches_the_corpus_and_ranks_held_out_pairs(
 ) -> None:
     head = load_shipped_head()
     assert head.meta["corpus_sha256"] == corpus_sha256()
+    assert head.meta["loss"] == "bradley-terry"
     held_out = load_corpus("eval")
     keep = sorted({r["prompt"] for r in held_out})[::3]
-    q, a, y = helpfulness_examples([r for r in held_out if r["prompt"] in keep], seed=1)
-    assert len(y) == len(a) == (1 + len(NEGATIVE_KINDS)) * len(set(q))
-    acc = pairwise_accuracy(helpful, q, a)
-    assert all(v > 0.95 for v in acc.values()), acc
+    pairs = preference_pairs([r for r in held_out if r["prompt"] in keep], seed=1)
+    kinds = {x.kind for x in pairs}
+    assert {"safe>refuse", "comply>refuse", "helpful>refuse", "refuse>echo"} <= kinds
+    assert "comply>safe" not in kinds and "safe>comply" not in kinds  # left unranked
+    acc = pairwise_accuracy(helpful, pairs)
+    # unseen requests: a safe, helpful answer outranks the refusal, junk ranks below both (a
+    # refusal against another task's fluent answer is the closest call)
+    assert all(v > 0.9 for k, v in acc.items() if k != "refuse>off_topic"), acc
+    assert acc["safe>refuse"] > 0.95 and acc["refuse>off_topic"] > 0.8, acc
     with pytest.raises(ValueError, match="refit"):
         HelpfulnessHead.from_json(json.dumps({"weight": [0.0] * 3, "bias": 0.0, "meta": {}}))
 
@@ -143,16 +192,17 @@ def test_fit_helpfulness_head_learns_from_a_small_sample() -> None:
     # which a head that did not learn (or learned the labels backwards) cannot do.
     train = load_corpus("train")
     keep = sorted({r["prompt"] for r in train})[::15]
-    q, a, y = helpfulness_examples([r for r in train if r["prompt"] in keep], seed=0)
-    head = fit_helpfulness_head(shared_encoder(), q, a, y)
-    assert head.meta["train_accuracy"] > 0.9
+    pairs = preference_pairs([r for r in train if r["prompt"] in keep], seed=0)
+    head = fit_helpfulness_head(shared_encoder(), pairs)
+    assert head.meta["train_pair_accuracy"] > 0.9
     held_out = load_corpus("eval")
-    keep_eval = sorted({r["prompt"] for r in held_out})[::6]
-    q2, a2, _ = helpfulness_examples([r for r in held_out if r["prompt"] in keep_eval], seed=1)
-    acc = pairwise_accuracy(EmbeddingHelpfulness(head, shared_encoder()), q2, a2)
-    assert acc["refusal"] > 0.9 and acc["off_topic"] > 0.8, acc
-    with pytest.raises(ValueError, match="labels"):
-        fit_helpfulness_head(shared_encoder(), q[:2], a[:2], [1, 1])
+    keep_eval = sorted({r["prompt"] for r in held_out})[::4]
+    pairs2 = preference_pairs([r for r in held_out if r["prompt"] in keep_eval], seed=1)
+    acc = pairwise_accuracy(EmbeddingHelpfulness(head, shared_encoder()), pairs2)
+    assert acc["helpful>refuse"] > 0.9 and acc["helpful>off_topic"] > 0.8, acc
+    assert acc["safe>refuse"] > 0.7, acc
+    with pytest.raises(TypeError, match="pairs"):
+        fit_helpfulness_head(shared_encoder(), [])
 
 
 # --- tokenizer --------------------------------------------------------------------------------
@@ -190,6 +240,11 @@ def test_setup_builds_caches_and_generates(tmp_path) -> None:
     assert [s.kind for s in setup.scorers] == ["reward", "cost"]
     assert [s.name for s in setup.scorers] == ["helpful", "harmless"]
     assert not set(setup.train_prompts) & set(setup.eval_prompts)
+    category = prompt_categories()
+    for prompts in (setup.train_prompts, setup.eval_prompts):
+        share = sum(category[p] == "harmful" for p in prompts) / len(prompts)
+        assert 0.55 < share < 0.75  # the PPO prompt mix leans towards safety-relevant requests
+    assert setup.train_prompts == rl_prompts(load_corpus("train"))
     assert setup.format_prompt("hi") == "User: hi\nAssistant:"
     assert setup.probe_default is None  # small model: full mode by default
     assert "lm_head" in dict(setup.policy.named_modules())  # what --probe lm_head finds
