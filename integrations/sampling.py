@@ -32,8 +32,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from torch import nn
-from transformers import DynamicCache
+from transformers import DynamicCache, PreTrainedModel
 
 
 @dataclass(frozen=True)
@@ -103,7 +102,7 @@ def positions(attention_mask: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def sample(
-    model: nn.Module,
+    model: PreTrainedModel,
     input_ids: torch.Tensor,
     attention_mask: torch.Tensor,
     *,
