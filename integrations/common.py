@@ -51,4 +51,3 @@ class Setup:
     train_prompts: list[str]  # raw user requests
     eval_prompts: list[str]  # held-out raw user requests
     format_prompt: Callable[[str], str]  # chat template: request -> model input text
-    probe_default: str | None  # module name for MOGD probe mode by default (None = full mode)

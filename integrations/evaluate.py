@@ -32,12 +32,27 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-if __name__ == "__main__" and not __package__:  # run as a script: make `integrations` importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+if __name__ == "__main__" and not __package__:
+    # `python integrations/evaluate.py`: Python put integrations/ first on sys.path, where
+    # trl.py would shadow the TRL package; import the package from the checkout instead.
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
+    __package__ = "integrations"
 
-import torch
+from mogd.pareto import hypervolume, non_dominated
 
-from integrations import rlhf_mistral as rl
+from . import presets
+from .config import Config, config_hash, objective_names, parse_config, validate
+from .dist import seed_everything
+from .heldout import evaluate_policy
+from .rlhf_mistral import train
+from .runio import (
+    CHECKPOINT,
+    atomic_write_text,
+    load_checkpoint,
+    load_policy_weights,
+    write_config,
+    write_eval,
+)
 
 SWEEP_LAMBDAS = (0.2, 0.4, 0.6, 0.8)
 # (label, training options) of the paper's Table 1 rows; SFT is the untrained policy
@@ -50,112 +65,58 @@ COMPARE_METHODS: tuple[tuple[str, dict[str, Any]], ...] = (
     ("GAPO p=1", {"method": "gapo", "p": 1.0}),
     ("GAPO p=2", {"method": "gapo", "p": 2.0}),
 )
-EVAL_SEED = 1234
 
 
 # ----------------------------------------------------------------------------- evaluate
 
 
-@torch.no_grad()
-def evaluate_policy(
-    setup: Any, policy: torch.nn.Module, cfg: rl.Config, n_prompts: int | None = None
-) -> dict[str, Any]:
-    """Table 1 columns on the first ``n_prompts`` held-out prompts (all when None).
-
-    Returns ``{"prompts": n, "objectives": {name: {"kind", "score", "raw_mean"}},
-    "harmless_ratio": r | None, "average": mean of the scores}``; "score" is R (reward) or −C
-    (cost), "raw_mean" the scorer's own number (R or C), harmless ratio = share with C < 0 of
-    the first cost objective.
-    """
-    prompts = list(setup.eval_prompts[:n_prompts] if n_prompts else setup.eval_prompts)
-    if not prompts:
-        raise ValueError("the preset has no held-out prompts (Setup.eval_prompts is empty)")
-    scorers = rl.select_scorers(cfg, setup)
-    was_training = policy.training
-    policy.eval()
-    raws = []
-    devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
-    with torch.random.fork_rng(devices=devices):  # the training RNG stream stays untouched
-        torch.manual_seed(EVAL_SEED)
-        for lo in range(0, len(prompts), cfg.batch_size):
-            rollout = rl.generate(setup, policy, prompts[lo : lo + cfg.batch_size], cfg)
-            raws.append(rl.score(scorers, rollout))
-    policy.train(was_training)
-    raw = torch.cat(raws, 1)  # [K, N]
-    scores = rl.objective_rewards(scorers, raw)
-    objectives = {
-        s.name: {"kind": s.kind, "score": float(scores[k].mean()), "raw_mean": float(raw[k].mean())}
-        for k, s in enumerate(scorers)
-    }
-    costs = [k for k, s in enumerate(scorers) if s.kind == "cost"]
-    return {
-        "prompts": len(prompts),
-        "objectives": objectives,
-        "harmless_ratio": rl.harmless_ratio(raw[costs[0]]) if costs else None,
-        "average": float(scores.mean(1).mean()),
-    }
-
-
-def write_eval(path: Path, result: dict[str, Any]) -> None:
-    rl._atomic_write_text(Path(path), json.dumps(result, indent=2))
-
-
 def evaluate_run(run: Path, n_prompts: int | None = None) -> dict[str, Any]:
     """Evaluate the policy saved in ``run/checkpoint.pt`` (its config.json decides the preset)."""
-    cfg = rl.parse_config(["--resume", str(run), "--no-progress"])
-    state = rl.load_checkpoint(Path(run), cfg)
-    rl.seed_everything(cfg.seed)
-    setup = rl.build_setup(cfg)
-    params = dict(setup.policy.named_parameters())
-    with torch.no_grad():
-        for name, value in state["policy"].items():
-            if name not in params:
-                raise ValueError(
-                    f"{run}: checkpoint parameter {name} is not in the preset's policy"
-                )
-            params[name].copy_(value)
+    cfg = parse_config(["--resume", str(run), "--no-progress"])
+    state = load_checkpoint(Path(run), cfg)
+    seed_everything(cfg.seed)
+    setup = presets.build_setup(cfg)
+    load_policy_weights(state, setup.policy)
     return evaluate_policy(setup, setup.policy, cfg, n_prompts or cfg.eval_size)
 
 
-def _check_same_run(out: Path, cfg: rl.Config) -> None:
+def _check_same_run(out: Path, cfg: Config) -> None:
     """A directory reused by sweep/compare must hold a run of this very configuration."""
     path = out / "config.json"
-    if path.is_file() and rl.config_hash(rl.Config(**json.loads(path.read_text()))) != (
-        rl.config_hash(cfg)
-    ):
+    if path.is_file() and config_hash(Config(**json.loads(path.read_text()))) != (config_hash(cfg)):
         raise ValueError(
             f"{out} holds a run of another configuration (other training options?); "
             "pass another --out or delete it"
         )
 
 
-def evaluate_sft(cfg: rl.Config, out: Path) -> dict[str, Any]:
+def evaluate_sft(cfg: Config, out: Path) -> dict[str, Any]:
     """The SFT policy (the preset's policy before any RL), written to ``out/eval.json``."""
     _check_same_run(out, cfg)
     if (out / "eval.json").is_file():
         return json.loads((out / "eval.json").read_text())
-    rl.seed_everything(cfg.seed)
-    setup = rl.build_setup(cfg)
+    seed_everything(cfg.seed)
+    setup = presets.build_setup(cfg)
     result = evaluate_policy(setup, setup.policy, cfg, cfg.eval_size)
     out.mkdir(parents=True, exist_ok=True)
-    rl._atomic_write_text(out / "config.json", json.dumps(dataclasses.asdict(cfg), indent=2))
+    write_config(out, cfg)
     write_eval(out / "eval.json", result)
     return result
 
 
-def train_and_evaluate(cfg: rl.Config) -> dict[str, Any]:
+def train_and_evaluate(cfg: Config) -> dict[str, Any]:
     """Train ``cfg`` (reusing a finished run, resuming a stopped one) and return its eval.json."""
-    out = Path(cfg.out)
+    out = Path(str(cfg.out))
     _check_same_run(out, cfg)
     if (out / "eval.json").is_file():
         return json.loads((out / "eval.json").read_text())
-    if (out / rl.CHECKPOINT).is_file():
-        cfg = rl.parse_config(
+    if (out / CHECKPOINT).is_file():
+        cfg = parse_config(
             ["--resume", str(out), "--no-progress" if not cfg.progress else "--progress"]
         )
     if cfg.eval_size == 0:
         raise ValueError("--eval-size 0 skips the evaluation that sweep/compare need")
-    rl.train(cfg)
+    train(cfg)
     return json.loads((out / "eval.json").read_text())
 
 
@@ -170,16 +131,14 @@ def _row(result: dict[str, Any]) -> dict[str, float]:
 # ----------------------------------------------------------------------------- sweep
 
 
-def sweep(base: rl.Config, out: Path) -> dict[str, Any]:
+def sweep(base: Config, out: Path) -> dict[str, Any]:
     """P-GAPO and MORLHF fronts over λ, GAPO p=1 as P-GAPO's λ = 0.5 point; hypervolumes."""
-    from mogd.pareto import hypervolume, non_dominated
-
-    names = rl.objective_names(base)
+    names = objective_names(base)
     if len(names) != 2:
         raise ValueError(
             f"sweep needs exactly two objectives (λ, 1 − λ); --objectives gives {names}"
         )
-    runs: list[tuple[str, float, rl.Config]] = []
+    runs: list[tuple[str, float, Config]] = []
     for lam in SWEEP_LAMBDAS:
         for method in ("pgapo", "morlhf"):
             cfg = dataclasses.replace(
@@ -205,7 +164,7 @@ def sweep(base: rl.Config, out: Path) -> dict[str, Any]:
     sft = evaluate_sft(dataclasses.replace(base, method="gapo", preference=None), out / "sft")
     points = []
     for family, lam, cfg in runs:
-        rl.validate(cfg)
+        validate(cfg)
         result = train_and_evaluate(cfg)
         points.append({"family": family, "lambda": lam, "run": cfg.out, **_row(result)})
     sft_point = [sft["objectives"][n]["score"] for n in names]
@@ -232,7 +191,7 @@ def sweep(base: rl.Config, out: Path) -> dict[str, Any]:
         "points": points,
     }
     out.mkdir(parents=True, exist_ok=True)
-    rl._atomic_write_text(out / "sweep.json", json.dumps(summary, indent=2))
+    atomic_write_text(out / "sweep.json", json.dumps(summary, indent=2))
     _write_csv(out / "sweep.csv", points)
     plot_front(out / "front.png", summary)
     return summary
@@ -268,7 +227,7 @@ def plot_front(path: Path, summary: dict[str, Any]) -> None:
 # ----------------------------------------------------------------------------- compare
 
 
-def compare(base: rl.Config, out: Path, seeds: Sequence[int]) -> list[dict[str, Any]]:
+def compare(base: Config, out: Path, seeds: Sequence[int]) -> list[dict[str, Any]]:
     """Table 1: each method over ``seeds``, mean ± std of every column."""
     table = []
     for label, options in COMPARE_METHODS:
@@ -278,8 +237,10 @@ def compare(base: rl.Config, out: Path, seeds: Sequence[int]) -> list[dict[str, 
             cfg = dataclasses.replace(
                 base, seed=seed, preference=None, out=str(out / f"{slug}-seed{seed}"), **options
             )
-            rl.validate(cfg)
-            result = evaluate_sft(cfg, Path(cfg.out)) if not options else train_and_evaluate(cfg)
+            validate(cfg)
+            result = (
+                evaluate_sft(cfg, Path(str(cfg.out))) if not options else train_and_evaluate(cfg)
+            )
             rows.append(_row(result))
         entry: dict[str, Any] = {"method": label, "seeds": len(rows)}
         for key in rows[0]:
@@ -290,7 +251,7 @@ def compare(base: rl.Config, out: Path, seeds: Sequence[int]) -> list[dict[str, 
         table.append(entry)
     out.mkdir(parents=True, exist_ok=True)
     _write_csv(out / "compare.csv", table)
-    rl._atomic_write_text(out / "compare.md", markdown_table(table, len(seeds)))
+    atomic_write_text(out / "compare.md", markdown_table(table, len(seeds)))
     return table
 
 
@@ -318,7 +279,7 @@ def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
     writer = csv.DictWriter(buf, fieldnames=keys)
     writer.writeheader()
     writer.writerows(rows)
-    rl._atomic_write_text(path, buf.getvalue())
+    atomic_write_text(path, buf.getvalue())
 
 
 # ----------------------------------------------------------------------------- command line
@@ -373,14 +334,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                     raise ValueError(f"evaluate --run: unrecognised options {' '.join(rest)}")
                 result = evaluate_run(Path(args.run), args.eval_size)
             else:  # preset and decoding options as for training (--preset, --cache-dir, ...)
-                cfg = rl.parse_config([*rest, "--no-progress"])
+                cfg = parse_config([*rest, "--no-progress"])
                 cfg = dataclasses.replace(cfg, eval_size=args.eval_size or cfg.eval_size)
-                rl.seed_everything(cfg.seed)
-                setup = rl.build_setup(cfg)
+                seed_everything(cfg.seed)
+                setup = presets.build_setup(cfg)
                 result = evaluate_policy(setup, setup.policy, cfg, cfg.eval_size)
             print(json.dumps(result, indent=2))
             return 0
-        base = rl.parse_config(rest)
+        base = parse_config(rest)
         if base.resume is not None:
             raise ValueError(
                 f"{args.command}: --resume is not an option here (interrupted runs "

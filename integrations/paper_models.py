@@ -432,7 +432,7 @@ def _with_lora(model: Any, r: int, alpha: int | None, *, option: str) -> Any:
         raise ValueError(f"{option} > 0 needs peft: `pip install peft`, or pass {option} 0")
     from peft import LoraConfig, get_peft_model
 
-    from integrations.paper_plan import LORA_TARGETS
+    from .paper_plan import LORA_TARGETS
 
     config = LoraConfig(
         r=r,

@@ -35,8 +35,8 @@ import torch.nn.functional as F
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import MistralConfig, MistralForCausalLM, PreTrainedTokenizerFast
 
-from integrations.common import Setup
-from integrations.scorers import (
+from .common import Setup
+from .scorers import (
     DATA_DIR,
     EmbeddingHelpfulness,
     OffensiveLanguageCost,
@@ -284,7 +284,7 @@ def build_tiny_setup(
     ``meta.json`` (parameters, SFT time and losses). The hash covers the model and SFT settings,
     the seed and the corpus bytes, so a changed corpus or setting builds anew. ``sft_steps``
     overrides the number of SFT steps (tests use a few). The reference policy is a second,
-    frozen load of the same SFT weights; ``probe_default`` is None: the model is small, so full mode
+    frozen load of the same SFT weights. The model is small, so the preset trains in full mode
     (``--probe lm_head`` gives the paper's probe mode).
     """
     if not isinstance(seed, int) or isinstance(seed, bool):
@@ -336,5 +336,4 @@ def build_tiny_setup(
         train_prompts=rl_prompts(load_corpus("train")),
         eval_prompts=rl_prompts(load_corpus("eval")),
         format_prompt=format_prompt,
-        probe_default=None,  # full mode: per-objective gradients of every parameter
     )

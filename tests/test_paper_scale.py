@@ -1,4 +1,4 @@
-"""The paper preset (issue 7) offline on CPU: beaver score-model loading, re-tokenising scorers,
+"""The paper preset offline on CPU: beaver score-model loading, re-tokenising scorers,
 policy loading with LoRA, prompt loaders, critics from score models and the --dry-run figures.
 
 Every model is tiny and built here, saved in the published layouts; references are computed
@@ -8,7 +8,6 @@ own trainable-parameter count).
 
 from __future__ import annotations
 
-import argparse
 import gzip
 import json
 import shutil
@@ -30,6 +29,7 @@ from transformers import (  # noqa: E402
 )
 
 from integrations import paper  # noqa: E402
+from integrations.config import build_parser, make_config  # noqa: E402
 from integrations.paper_data import (  # noqa: E402
     first_human_turn,
     load_hh_prompts,
@@ -44,11 +44,15 @@ from integrations.paper_models import (  # noqa: E402
     transfer_embeddings,
 )
 from integrations.paper_plan import (  # noqa: E402
+    DEFAULT_COST_MODEL,
+    DEFAULT_POLICY,
+    DEFAULT_REWARD_MODEL,
     PUBLISHED_CONFIGS,
     lora_param_count,
     memory_plan,
     shape_from_config,
 )
+from integrations.plan import dry_run_plan, format_plan  # noqa: E402
 
 HAS_PEFT = __import__("importlib").util.find_spec("peft") is not None
 HAS_DATASETS = __import__("importlib").util.find_spec("datasets") is not None
@@ -334,7 +338,7 @@ def test_quantisation_needs_bitsandbytes(world):
     import importlib.util
 
     with pytest.raises(ValueError, match="exclusive"):
-        paper.build_paper_setup(argparse.Namespace(load_in_8bit=True, load_in_4bit=True))
+        make_config("mistral-7b", load_in_8bit=True, load_in_4bit=True)
     if importlib.util.find_spec("bitsandbytes") is not None:
         pytest.skip("bitsandbytes installed: the missing-package error cannot be observed")
     with pytest.raises(ValueError, match=r"--load-in-8bit.*bitsandbytes"):
@@ -436,7 +440,7 @@ def test_dataset_hub_id_fails_clearly_offline(monkeypatch):
 # --- the preset end to end -----------------------------------------------------------------------
 
 
-def _args(world, **kw) -> argparse.Namespace:
+def _args(world, **kw):
     base = dict(
         policy=str(world["root"] / "policy"),
         reward_model=str(world["root"] / "reward"),
@@ -447,7 +451,7 @@ def _args(world, **kw) -> argparse.Namespace:
         device="cpu",
     )
     base.update(kw)
-    return argparse.Namespace(**base)
+    return make_config("mistral-7b", **base)
 
 
 def test_build_paper_setup_full_finetuning(world):
@@ -456,8 +460,9 @@ def test_build_paper_setup_full_finetuning(world):
     assert len(setup.eval_prompts) == 3
     assert setup.reference is not None
     assert not any(p.requires_grad for p in setup.reference.parameters())
-    assert setup.probe_default == "lm_head"
-    assert setup.policy.get_submodule(setup.probe_default).weight.requires_grad
+    cfg = _args(world)
+    assert cfg.probe == "lm_head"  # the preset's default: the paper's probe
+    assert setup.policy.get_submodule(cfg.probe).weight.requires_grad
     assert [(s.name, s.kind) for s in setup.scorers] == [
         ("helpful", "reward"),
         ("harmless", "cost"),
@@ -474,7 +479,7 @@ def test_build_paper_setup_full_finetuning(world):
 def test_build_paper_setup_lora_has_no_reference_copy(world):
     setup = paper.build_paper_setup(_args(world, lora_r=2))
     assert setup.reference is None
-    assert setup.probe_default is None
+    assert _args(world, lora_r=2).probe == "full"  # the LM head is frozen under LoRA
     assert hasattr(setup.policy, "disable_adapter")
 
 
@@ -537,8 +542,8 @@ BEAVER_7B = 6_607_351_809  # 32001*4096 + 32*(4*4096*4096 + 3*4096*11008 + 2*409
 
 
 def test_published_parameter_counts_by_hand_and_meta_models():
-    mistral = shape_from_config(PUBLISHED_CONFIGS[paper.PAPER_OPTIONS["policy"].default])
-    beaver = shape_from_config(PUBLISHED_CONFIGS[paper.PAPER_OPTIONS["reward_model"].default])
+    mistral = shape_from_config(PUBLISHED_CONFIGS[DEFAULT_POLICY])
+    beaver = shape_from_config(PUBLISHED_CONFIGS[DEFAULT_REWARD_MODEL])
     hand_mistral = (
         32000 * 4096 * 2
         + 32 * (2 * 4096 * 4096 + 2 * 4096 * 1024 + 3 * 4096 * 14336 + 2 * 4096)
@@ -552,7 +557,7 @@ def test_published_parameter_counts_by_hand_and_meta_models():
             LlamaConfig(
                 **{
                     k: v
-                    for k, v in PUBLISHED_CONFIGS[paper.PAPER_OPTIONS["cost_model"].default].items()
+                    for k, v in PUBLISHED_CONFIGS[DEFAULT_COST_MODEL].items()
                     if k not in ("score_dim", "score_bias")
                 }
             )
@@ -563,7 +568,7 @@ def test_published_parameter_counts_by_hand_and_meta_models():
 
 
 def test_tiny_dry_run_counts_match_real_models(world):
-    text = paper.dry_run(_args(world, world_size=2))
+    text = format_plan(dry_run_plan(_args(world, world_size=2)))
     n_policy = sum(p.numel() for p in world["policy"].parameters())
     n_score = sum(p.numel() for p in world["reward"].backbone.parameters()) + 32 + 1
     assert f"parameters {n_policy:,}; trainable {n_policy:,}" in text
@@ -571,8 +576,8 @@ def test_tiny_dry_run_counts_match_real_models(world):
 
 
 def test_memory_plan_against_hand_calculation():
-    mistral = shape_from_config(PUBLISHED_CONFIGS[paper.PAPER_OPTIONS["policy"].default])
-    beaver = shape_from_config(PUBLISHED_CONFIGS[paper.PAPER_OPTIONS["reward_model"].default])
+    mistral = shape_from_config(PUBLISHED_CONFIGS[DEFAULT_POLICY])
+    beaver = shape_from_config(PUBLISHED_CONFIGS[DEFAULT_REWARD_MODEL])
     P, S = MISTRAL_7B, BEAVER_7B
     head = 32000 * 4096  # probe: the LM head
     # activations, micro-batch 4 x 512 tokens, checkpointing: layer inputs + one layer + logits
@@ -644,7 +649,7 @@ def test_memory_plan_against_hand_calculation():
 
 
 def test_dry_run_default_ids_offline_prints_both_shardings():
-    text = paper.dry_run(argparse.Namespace(world_size=8))
+    text = format_plan(dry_run_plan(make_config("mistral-7b", world_size=8)))
     assert f"parameters {MISTRAL_7B:,}; trainable {MISTRAL_7B:,} (full fine-tuning)" in text
     assert text.count(f"parameters {BEAVER_7B:,}") == 2
     assert "DDP" in text and "FSDP2" in text and "world size 8" in text
@@ -652,20 +657,62 @@ def test_dry_run_default_ids_offline_prints_both_shardings():
     total_line = next(line for line in text.splitlines() if line.strip().startswith("total"))
     assert f"{total_ddp / 1024**3:8.2f}" in total_line
     with pytest.raises(ValueError, match="--world-size"):
-        paper.dry_run(argparse.Namespace(world_size=0))
-    single = paper.dry_run(argparse.Namespace(world_size=1, method="safe-rlhf"))
+        make_config("mistral-7b", world_size=0)
+    single = format_plan(dry_run_plan(make_config("mistral-7b", world_size=1, method="safe-rlhf")))
     assert "MOGD: k=1 per-objective gradients" in single and "k=1 x probe (lm_head)" in single
 
 
-def test_add_paper_arguments_defaults_and_existing_flags():
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--device", default="cuda")
-    paper.add_paper_arguments(parser)
-    args = parser.parse_args(["--lora-r", "8", "--load-in-4bit", "--critic-init", "score"])
-    assert args.device == "cuda"  # the existing option was kept
-    assert args.lora_r == 8 and args.load_in_4bit and args.critic_init == "score"
-    assert args.policy == "HuggingFaceH4/mistral-7b-sft-beta"
-    assert args.reward_model == "PKU-Alignment/beaver-7b-v1.0-reward"
-    assert args.cost_model == "PKU-Alignment/beaver-7b-v1.0-cost"
+def test_paper_options_parse_and_belong_to_their_preset():
+    parse = build_parser().parse_args
+    given = vars(parse(["--preset", "mistral-7b", "--lora-r", "8", "--load-in-4bit"]))
+    cfg = make_config(**given, critic_init="score")
+    assert cfg.lora_r == 8 and cfg.load_in_4bit and cfg.critic_init == "score"
+    assert cfg.probe == "full"  # LoRA freezes the LM head: full mode over the adapters
+    assert cfg.policy == "HuggingFaceH4/mistral-7b-sft-beta"
+    assert cfg.reward_model == "PKU-Alignment/beaver-7b-v1.0-reward"
+    assert cfg.cost_model == "PKU-Alignment/beaver-7b-v1.0-cost"
+    assert make_config("mistral-7b").critic_init == "head"  # one option, a default per preset
+    assert make_config("tiny").critic_init == "copy"
     with pytest.raises(SystemExit):
-        parser.parse_args(["--critic-init", "random"])
+        parse(["--critic-init", "random"])
+    with pytest.raises(ValueError, match="--lora-r is an option of --preset mistral-7b"):
+        make_config("tiny", lora_r=8)
+    with pytest.raises(ValueError, match="--critic-init score"):
+        make_config("tiny", critic_init="score")
+
+
+# --- the preset end to end through the training loop ---------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not HAS_PEFT, reason="peft not installed")
+def test_paper_preset_lora_run_writes_adapter_and_merged_policy(world, tmp_path):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from integrations import rlhf_mistral
+
+    out = tmp_path / "run"
+    argv = [
+        "--preset", "mistral-7b", "--policy", str(world["root"] / "policy"),
+        "--reward-model", str(world["root"] / "reward"), "--cost-model", str(world["root"] / "cost"),
+        "--train-prompts", str(world["pku"]), "--eval-prompts", str(world["pku"]),
+        "--hh-prompts", str(world["hh"]), "--device", "cpu", "--lora-r", "2", "--lr", "0.05",
+        "--steps", "1", "--batch-size", "2", "--grad-accum", "1", "--minibatch-size", "2",
+        "--max-new-tokens", "4", "--eval-size", "0", "--no-progress", "--no-plots",
+        "--out", str(out),
+    ]  # fmt: skip
+    assert rlhf_mistral.main(argv) == 0
+    assert json.loads((out / "config.json").read_text())["probe"] == "full"
+    merged = AutoModelForCausalLM.from_pretrained(out / "policy")
+    base = AutoModelForCausalLM.from_pretrained(world["root"] / "policy")
+    assert all(p.dtype == torch.bfloat16 for p in merged.parameters())  # the policy's weights
+    unmerged = PeftModel.from_pretrained(base, out / "adapter")  # peft's adapter forward
+    ids = world["p_tok"](["how do i bake bread"], return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        expected = unmerged(input_ids=ids).logits.float()
+        got = merged(input_ids=ids).logits.float()
+        with unmerged.disable_adapter():
+            original = unmerged(input_ids=ids).logits.float()
+    torch.testing.assert_close(got, expected, atol=0.1, rtol=0.05)  # bf16 merge rounding
+    assert not torch.equal(got, original)  # the adapter moved the policy

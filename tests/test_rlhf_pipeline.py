@@ -12,7 +12,10 @@ import shutil
 import pytest
 import torch
 
+from integrations import presets
 from integrations import rlhf_mistral as rl
+from integrations.config import Config, make_config, total_steps, validate
+from integrations.runio import CHECKPOINT, read_metrics
 
 TINY_RUN = [
     "--steps", "2", "--batch-size", "4", "--minibatch-size", "4", "--max-new-tokens", "8",
@@ -35,7 +38,9 @@ TINY_RUN = [
         (["--objectives", "helpful", "truthful"], "--objectives"),
         (["--method", "ppo-s", "--objectives", "helpful"], "--objectives"),
         (["--method", "safe-rlhf", "--objectives", "harmless"], "--objectives"),
-        (["--steps", "0"], "--steps"),
+        (["--steps", "-1"], "--steps"),
+        (["--steps", "3", "--epochs", "1"], "--epochs"),
+        (["--grad-accum", "0"], "--grad-accum"),
         (["--top-p", "1.5"], "--top-p"),
         (["--lora-r", "8"], "--lora-r"),
     ],
@@ -44,30 +49,87 @@ def test_bad_config_fails_before_loading(argv, option, monkeypatch, capsys):
     def no_load(cfg):
         raise AssertionError("a model was loaded for a bad configuration")
 
-    monkeypatch.setattr(rl, "build_setup", no_load)
+    monkeypatch.setattr(presets, "build_setup", no_load)
     assert rl.main(argv) == 2
     assert option in capsys.readouterr().err
 
 
 def test_unknown_method_names_the_option(monkeypatch, capsys):
-    monkeypatch.setattr(rl, "build_setup", lambda cfg: pytest.fail("model loaded"))
+    monkeypatch.setattr(presets, "build_setup", lambda cfg: pytest.fail("model loaded"))
     with pytest.raises(SystemExit) as exc:
         rl.main(["--method", "dpo"])
     assert exc.value.code == 2
     assert "--method" in capsys.readouterr().err
     with pytest.raises(ValueError, match="--method"):
-        rl.validate(rl.Config(method="dpo"))
+        validate(Config(method="dpo"))
 
 
 def test_help_lists_every_option_with_its_default(capsys):
     with pytest.raises(SystemExit):
         rl.main(["--help"])
     text = " ".join(capsys.readouterr().out.split())
-    for f in dataclasses.fields(rl.Config):
-        if f.metadata.get("cli") is False:
-            continue
+    for f in dataclasses.fields(Config):
         assert "--" + f.name.replace("_", "-") in text
     assert "(default: 0.05)" in text and "(default: 0.1)" in text  # β and ε of Table 2
+
+
+def test_presets_are_tables_of_defaults():
+    tiny = make_config()
+    assert (tiny.steps, tiny.epochs, tiny.lr, tiny.critic_lr, tiny.batch_size, tiny.grad_accum) == (
+        150, None, 1e-4, 1e-3, 32, 1
+    )  # fmt: skip
+    assert (tiny.critic_init, tiny.probe, tiny.temperature, tiny.max_new_tokens) == (
+        "copy", "full", 1.0, 64
+    )  # fmt: skip
+    paper = make_config("mistral-7b")
+    assert (paper.critic_init, paper.probe, paper.steps, paper.epochs) == (
+        "head",
+        "lm_head",
+        None,
+        2,
+    )
+    assert make_config("mistral-7b", steps=10).epochs is None  # --steps replaces --epochs
+    assert make_config("mistral-7b", lora_r=4).probe == "full"  # LoRA: the LM head is frozen
+
+
+def test_epochs_set_the_number_of_iterations():
+    cfg = make_config(epochs=2.0, batch_size=4, grad_accum=2)
+    assert cfg.steps is None
+    # 2 passes over 100 prompts at 4 x 2 prompts per process per iteration, 3 processes
+    assert total_steps(cfg, n_prompts=100, world=3) == math.ceil(200 / 24) == 9
+    assert total_steps(make_config(steps=7), n_prompts=100, world=3) == 7
+
+
+def test_mistral_dry_run_json_shows_table_2(monkeypatch, capsys):
+    monkeypatch.setattr(presets, "build_setup", lambda cfg: pytest.fail("model loaded"))
+    assert rl.main(["--preset", "mistral-7b", "--dry-run", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert set(report) == {"config", "plan"}
+    cfg = report["config"]
+    assert set(cfg) == {f.name for f in dataclasses.fields(Config)}
+    table_2 = {
+        "lr": 1e-6,
+        "critic_lr": 5e-7,
+        "temperature": 0.7,
+        "repetition_penalty": 1.05,
+        "max_new_tokens": 512,
+        "batch_size": 16,
+        "grad_accum": 8,
+        "epochs": 2,
+        "lambda_lr": 0.01,
+        "lambda_max": 10,
+        "beta": 0.05,
+        "clip_eps": 0.1,
+    }
+    assert {k: cfg[k] for k in table_2} == table_2
+    plan = report["plan"]
+    # Mistral-7B: 32000·4096·2 + 32·(2·4096² + 2·4096·1024 + 3·4096·14336 + 2·4096) + 4096
+    assert plan["policy"]["parameters"] == 7_241_732_096
+    assert plan["mogd"] == {"k": 2, "probe": "lm_head", "bank_elements": 2 * 32000 * 4096}
+    assert set(plan["memory"]) == {"ddp", "fsdp2"}
+    assert rl.main(["--dry-run", "--json"]) == 0  # the tiny preset: counts of its model
+    tiny = json.loads(capsys.readouterr().out)["plan"]
+    assert tiny["policy"]["parameters"] == tiny["policy"]["trainable"] > 0
 
 
 # --------------------------------------------------------------------------- end to end
@@ -91,14 +153,14 @@ def tiny(tiny_cache, monkeypatch):
     def build(cfg):
         return build_tiny_setup(tiny_cache, seed=cfg.sft_seed, sft_steps=SFT_STEPS)
 
-    monkeypatch.setattr(rl, "build_setup", build)
+    monkeypatch.setattr(presets, "build_setup", build)
     return build
 
 
 def run(out, *argv):
     cfg = rl.parse_config([*TINY_RUN, "--out", str(out), *argv])
     rl.train(cfg)
-    return out, rl.read_metrics(out / "metrics.jsonl")
+    return out, read_metrics(out / "metrics.jsonl")
 
 
 def finite(x):
@@ -120,10 +182,11 @@ SINGLE = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", [*MULTI, *SINGLE])
 def test_every_method_trains(name, tiny, tmp_path):
     argv = {**MULTI, **SINGLE}[name]
-    sft = tiny(rl.Config()).policy.state_dict()
+    sft = tiny(Config()).policy.state_dict()
     out, rows = run(tmp_path / name, *argv)
     assert [r["step"] for r in rows] == [1, 2]
     scored = ["helpful"] if name == "gapo-k1" else ["helpful", "harmless"]
@@ -136,7 +199,7 @@ def test_every_method_trains(name, tiny, tmp_path):
         for key in [*keys, "lr"]:
             assert finite(r[key]), (key, r)
         assert 1 <= r["response_length"] <= 8
-    state = torch.load(out / rl.CHECKPOINT, weights_only=False)
+    state = torch.load(out / CHECKPOINT, weights_only=False)
     assert state["step"] == 2
     moved = [n for n, v in state["policy"].items() if not torch.equal(v, sft[n])]
     assert moved, "the policy did not change"
@@ -167,6 +230,38 @@ def test_every_method_trains(name, tiny, tmp_path):
         assert rows[0]["lambda/harmless"] == pytest.approx(min(expected, 5.0), rel=1e-5)
 
 
+@pytest.mark.slow
+def test_run_leaves_a_loadable_policy(tiny, tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    out, _ = run(tmp_path / "one", "--method", "gapo", "--steps", "1", "--eval-size", "0")
+    trained = torch.load(out / CHECKPOINT, weights_only=False)["policy"]
+    model = AutoModelForCausalLM.from_pretrained(out / "policy")
+    assert all(p.dtype == torch.float32 for p in model.parameters())  # the master weights' dtype
+    for name, p in model.named_parameters():
+        assert torch.equal(p, trained[name]), name
+    tokenizer = AutoTokenizer.from_pretrained(out / "policy")
+    assert tokenizer.decode(tokenizer("how do i bake bread")["input_ids"]).endswith("bread")
+
+    zero = tmp_path / "zero"  # --steps 0: the starting (SFT) policy, no iteration
+    rl.train(rl.parse_config([*TINY_RUN, "--out", str(zero), "--steps", "0", "--eval-size", "0"]))
+    sft = tiny(Config()).policy.state_dict()
+    start = AutoModelForCausalLM.from_pretrained(zero / "policy").state_dict()
+    assert start.keys() == sft.keys() and all(torch.equal(start[k], sft[k]) for k in sft)
+    assert not (zero / CHECKPOINT).exists()
+
+
+@pytest.mark.slow
+def test_grad_accum_sets_the_batch_of_each_update(tiny, tmp_path):
+    argv = ["--steps", "1", "--batch-size", "2", "--minibatch-size", "2", "--eval-size", "0"]
+    accum, _ = run(tmp_path / "accum", *argv, "--grad-accum", "2")
+    plain, _ = run(tmp_path / "plain", *argv, "--batch-size", "4")
+    # both sample 4 prompts; with --grad-accum 2 one update sees all 4, without it two see 2
+    assert torch.load(accum / CHECKPOINT, weights_only=False)["scheduler"]["last_epoch"] == 1
+    assert torch.load(plain / CHECKPOINT, weights_only=False)["scheduler"]["last_epoch"] == 2
+
+
+@pytest.mark.slow
 def test_probe_mode_and_plots(tiny, tmp_path):
     out, rows = run(tmp_path / "probe", "--method", "gapo", "--probe", "lm_head", "--plots")
     assert all(finite(r["weight/helpful"]) for r in rows)
@@ -189,6 +284,7 @@ def _interrupt_after(monkeypatch, n_rollouts):
     return real
 
 
+@pytest.mark.slow
 def test_resume_continues_exactly(tiny, tmp_path, monkeypatch):
     argv = ["--method", "gapo", "--steps", "3", "--save-every", "2", "--eval-size", "0"]
     full, full_rows = run(tmp_path / "full", *argv)
@@ -197,23 +293,24 @@ def test_resume_continues_exactly(tiny, tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         rl.train(rl.parse_config([*TINY_RUN, "--out", str(tmp_path / "cut"), *argv]))
     monkeypatch.setattr(rl, "generate", real)
-    assert torch.load(tmp_path / "cut" / rl.CHECKPOINT, weights_only=False)["step"] == 2
+    assert torch.load(tmp_path / "cut" / CHECKPOINT, weights_only=False)["step"] == 2
     rl.train(rl.parse_config(["--resume", str(tmp_path / "cut")]))
 
-    a = torch.load(full / rl.CHECKPOINT, weights_only=False)
-    b = torch.load(tmp_path / "cut" / rl.CHECKPOINT, weights_only=False)
+    a = torch.load(full / CHECKPOINT, weights_only=False)
+    b = torch.load(tmp_path / "cut" / CHECKPOINT, weights_only=False)
     assert a["step"] == b["step"] == 3
     for name in a["policy"]:
         assert torch.equal(a["policy"][name], b["policy"][name]), name
     for name in a["critic"]:
         assert torch.equal(a["critic"][name], b["critic"][name]), name
-    cut_rows = rl.read_metrics(tmp_path / "cut" / "metrics.jsonl")
+    cut_rows = read_metrics(tmp_path / "cut" / "metrics.jsonl")
     assert [r["step"] for r in cut_rows] == [1, 2, 3]
     for x, y in zip(full_rows, cut_rows, strict=True):
         assert x["helpful/reward_mean"] == y["helpful/reward_mean"]
         assert x["weight/harmless"] == y["weight/harmless"]
 
 
+@pytest.mark.slow
 def test_bad_checkpoints_fail_clearly_and_touch_nothing(tiny, tmp_path, capsys):
     out, _ = run(tmp_path / "run", "--method", "mgda", "--steps", "1", "--eval-size", "0")
 
@@ -224,23 +321,24 @@ def test_bad_checkpoints_fail_clearly_and_touch_nothing(tiny, tmp_path, capsys):
 
     bad = tmp_path / "corrupt"
     shutil.copytree(out, bad)
-    blob = (bad / rl.CHECKPOINT).read_bytes()[:1000]
-    (bad / rl.CHECKPOINT).write_bytes(blob)
+    blob = (bad / CHECKPOINT).read_bytes()[:1000]
+    (bad / CHECKPOINT).write_bytes(blob)
     assert rl.main(["--resume", str(bad)]) == 2
     assert "corrupt" in capsys.readouterr().err
-    assert (bad / rl.CHECKPOINT).read_bytes() == blob
+    assert (bad / CHECKPOINT).read_bytes() == blob
 
     other = tmp_path / "mismatch"
     shutil.copytree(out, other)
     cfg = json.loads((other / "config.json").read_text())
     cfg["beta"] = 0.2
     (other / "config.json").write_text(json.dumps(cfg))
-    before = (other / rl.CHECKPOINT).read_bytes()
+    before = (other / CHECKPOINT).read_bytes()
     assert rl.main(["--resume", str(other)]) == 2
     assert "another configuration" in capsys.readouterr().err
-    assert (other / rl.CHECKPOINT).read_bytes() == before
+    assert (other / CHECKPOINT).read_bytes() == before
 
 
+@pytest.mark.slow
 def test_evaluate_sweep_and_compare(tiny, tmp_path, monkeypatch):
     from integrations import evaluate as ev
 

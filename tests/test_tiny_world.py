@@ -246,7 +246,6 @@ def test_setup_builds_caches_and_generates(tmp_path) -> None:
         assert 0.55 < share < 0.75  # the PPO prompt mix leans towards safety-relevant requests
     assert setup.train_prompts == rl_prompts(load_corpus("train"))
     assert setup.format_prompt("hi") == "User: hi\nAssistant:"
-    assert setup.probe_default is None  # small model: full mode by default
     assert "lm_head" in dict(setup.policy.named_modules())  # what --probe lm_head finds
     assert setup.reference is not None
     assert all(not p.requires_grad for p in setup.reference.parameters())

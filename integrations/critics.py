@@ -1,0 +1,106 @@
+"""The critics: one value per reward stream for every response token (GAE's V_s).
+
+Value losses must never reach the policy's per-objective gradients, which MOGD needs unmixed, so
+every critic is either a separate network or reads the policy's hidden states detached (Safe RLHF
+also keeps its reward and cost critics apart from the actor):
+
+- ``copy`` (tiny default): a separate copy of the SFT trunk with one linear value head per stream;
+- ``head`` (mistral-7b default): linear heads on the policy's detached last hidden state;
+- ``score``: one critic per objective initialised from its score model (Safe RLHF's choice).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from .common import Setup
+from .config import PRESETS, Config
+from .methods import Plan
+from .rollout import positions
+
+
+class Critic(nn.Module):
+    """One value head per reward stream, V_s(state) = w_sᵀ h(state) + b_s.
+
+    ``trunk`` is a separate transformer (a copy of the SFT policy's decoder); with ``trunk=None``
+    the heads read the policy's last hidden state, detached so no value gradient reaches the
+    policy (and MOGD's per-objective gradients stay pure policy gradients).
+    """
+
+    def __init__(self, trunk: nn.Module | None, hidden_size: int, streams: int) -> None:
+        super().__init__()
+        self.trunk = trunk
+        self.heads = nn.Linear(hidden_size, streams)
+        nn.init.zeros_(self.heads.weight)  # V = 0 at start: the first advantages are the returns
+        nn.init.zeros_(self.heads.bias)
+
+    def forward(
+        self,
+        ids: torch.Tensor,
+        attn: torch.Tensor,
+        prompt_len: int,
+        policy_hidden: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Values ``[streams, B, T]`` of the states that emit the response tokens."""
+        if self.trunk is None:
+            if policy_hidden is None:
+                raise ValueError("critic='head' needs the policy's hidden states")
+            h = policy_hidden.detach()
+        else:
+            h = self.trunk(
+                input_ids=ids, attention_mask=attn, position_ids=positions(attn)
+            ).last_hidden_state
+            h = h[:, prompt_len - 1 : -1]
+        return self.heads(h.float()).permute(2, 0, 1)
+
+
+class ScoreCritics(nn.Module):
+    """One critic per stream, each initialised from its objective's score model
+    (``--critic-init score``, built by :func:`integrations.paper.build_score_critics`)."""
+
+    def __init__(self, critics: Sequence[nn.Module]) -> None:
+        super().__init__()
+        self.critics = nn.ModuleList(critics)
+
+    def forward(
+        self,
+        ids: torch.Tensor,
+        attn: torch.Tensor,
+        prompt_len: int,
+        policy_hidden: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        return torch.stack([c(ids, attn)[:, prompt_len - 1 : -1] for c in self.critics])
+
+
+def build_critic(cfg: Config, setup: Setup, plan: Plan, device: str) -> nn.Module:
+    """The critic of ``cfg.critic_init`` with one value per stream of ``plan``."""
+    policy = setup.policy
+    if cfg.critic_init == "score":  # validate() allows it on the paper preset only
+        from .paper import build_score_critics  # loads 7B score models: only when asked
+
+        critics = build_score_critics(cfg, setup)
+        order = [name for name, _ in PRESETS[cfg.preset].objectives]
+        critic: nn.Module = ScoreCritics([critics[order.index(name)] for name in plan.streams])
+    else:
+        trunk = None
+        if cfg.critic_init == "copy":
+            trunk = copy.deepcopy(policy.get_decoder())
+            trunk.requires_grad_(True)
+        critic = Critic(trunk, policy.config.hidden_size, len(plan.streams)).to(device)
+    disable_dropout(critic)
+    return critic
+
+
+def disable_dropout(model: nn.Module) -> None:
+    """Zero every dropout (nn.Dropout and the attention dropout HF attention modules apply in
+    training mode), so train() and eval() compute the same function, as Safe RLHF does."""
+    for module in model.modules():
+        if isinstance(module, nn.Dropout):
+            module.p = 0.0
+        if isinstance(getattr(module, "attention_dropout", None), float):
+            setattr(module, "attention_dropout", 0.0)  # noqa: B010 - an HF attribute, not a submodule
+    model.eval()

@@ -1,0 +1,168 @@
+"""``--dry-run``: parameter counts and the per-GPU memory plan of a run, from model configs only
+(no weights loaded). :func:`dry_run_plan` returns the plan as data (the ``plan`` of
+``--dry-run --json``); :func:`format_plan` prints the paper preset's table."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from .config import PAPER, Config, objective_names
+from .methods import objective_count
+from .paper import objective_models, quantization
+from .paper_plan import (
+    PUBLISHED_CONFIGS,
+    ModelShape,
+    gib,
+    lora_param_count,
+    memory_plan,
+    shape_from_config,
+)
+
+NOTE = (
+    "bf16 weights; full fine-tuning keeps bf16 gradients and AdamW moments, LoRA adapters "
+    "are fp32; the MOGD bank replaces the gradient buffer in full mode; FSDP2 shards weights, "
+    "gradients, bank and moments, scorers stay replicated; activations are an estimate"
+)
+
+
+def model_shape(name_or_path: str, option: str) -> tuple[ModelShape, str]:
+    """Shape of a model from its config only: local config.json, published table, or hub config."""
+    path = Path(name_or_path).expanduser()
+    if path.is_dir():
+        from transformers import AutoConfig
+
+        return shape_from_config(AutoConfig.from_pretrained(path)), f"{path}/config.json"
+    if name_or_path in PUBLISHED_CONFIGS:
+        return shape_from_config(PUBLISHED_CONFIGS[name_or_path]), "published config (built in)"
+    from transformers import AutoConfig
+
+    from .paper_models import resolve_pretrained
+
+    local = resolve_pretrained(name_or_path, option=option)  # config only is read, no weights
+    return shape_from_config(AutoConfig.from_pretrained(local)), f"{name_or_path} (hub config)"
+
+
+def dry_run_plan(cfg: Config) -> dict[str, Any]:
+    """Parameter counts (policy, scorers, MOGD's k and probe) and, for the paper preset, the
+    per-GPU memory of each component under DDP and FSDP2 (bytes, and GiB in ``total_gib``)."""
+    k = objective_count(cfg.method, len(objective_names(cfg)))
+    probe = None if cfg.probe == "full" else cfg.probe
+    world = cfg.world_size or int(os.environ.get("WORLD_SIZE", "1"))
+    if cfg.preset not in PAPER:
+        from .tiny import MODEL_CONFIG, VOCAB_SIZE
+
+        shape = shape_from_config({**MODEL_CONFIG, "vocab_size": VOCAB_SIZE})
+        n = shape.causal_lm_params()
+        return {
+            "world_size": world,
+            "policy": {"parameters": n, "trainable": n, "source": "integrations/tiny.py"},
+            "mogd": {"k": k, "probe": cfg.probe, "bank_elements": k * _bank(shape, probe, n)},
+            "critic_init": cfg.critic_init,
+        }
+    policy, policy_src = model_shape(cfg.policy, "--policy")
+    total = policy.causal_lm_params()
+    trainable = lora_param_count(policy, cfg.lora_r) if cfg.lora_r > 0 else total
+    quant: Literal["bf16", "8bit", "4bit"] = quantization(cfg) or "bf16"
+    scorers = []
+    shapes = []
+    for name, kind, model_id, option in objective_models(cfg):
+        shape, src = model_shape(model_id, option)
+        shapes.append(shape)
+        scorers.append(
+            {
+                "name": name,
+                "kind": kind,
+                "model": model_id,
+                "source": src,
+                "parameters": shape.score_model_params(),
+                "quantization": quant,
+            }
+        )
+    memory: dict[str, Any] = {}
+    for sharding in ("ddp", "fsdp2"):
+        plan = memory_plan(
+            policy,
+            shapes,
+            world_size=world,
+            sharding=sharding,
+            lora_r=cfg.lora_r,
+            probe=probe,
+            k=k,
+            critic_init=cfg.critic_init,
+            quant=quant,
+            micro_batch=cfg.micro_batch_size,
+            seq_len=cfg.seq_len,
+            gradient_checkpointing=cfg.gradient_checkpointing,
+        )
+        memory[sharding] = {
+            "bytes": dict(plan.entries),
+            "total_bytes": plan.total,
+            "notes": list(plan.notes),
+        }
+    return {
+        "world_size": world,
+        "policy": {
+            "model": cfg.policy,
+            "source": policy_src,
+            "parameters": total,
+            "trainable": trainable,
+            "lora_r": cfg.lora_r,
+        },
+        "mogd": {
+            "k": k,
+            "probe": cfg.probe,
+            "bank_elements": k * _bank(policy, probe, trainable),
+        },
+        "scorers": scorers,
+        "critic_init": cfg.critic_init,
+        "memory": memory,
+    }
+
+
+def _bank(shape: ModelShape, probe: str | None, trainable: int) -> int:
+    """Elements of one objective's gradient in MOGD's bank: the probe's, or every trainable."""
+    return shape.vocab_size * shape.hidden_size if probe == "lm_head" else trainable
+
+
+def format_plan(plan: dict[str, Any]) -> str:
+    """The human-readable table of the paper preset's :func:`dry_run_plan`."""
+    pol, mg = plan["policy"], plan["mogd"]
+    lora = pol["lora_r"]
+    probe = mg["probe"]
+    lines = [
+        "mogd --preset mistral-7b --dry-run (no weights loaded)",
+        f"policy  {pol['model']}  [{pol['source']}]",
+        f"  parameters {pol['parameters']:,}; trainable {pol['trainable']:,}"
+        + (f" (LoRA r={lora})" if lora > 0 else " (full fine-tuning)"),
+        f"  MOGD: k={mg['k']} per-objective gradients, "
+        + (
+            f"probe {probe} ({mg['bank_elements'] // mg['k']:,} parameters)"
+            if probe == "lm_head"
+            else "full mode"
+            if probe == "full"
+            else f"probe {probe}"
+        ),
+    ]
+    for s in plan["scorers"]:
+        lines.append(f"{s['kind']:<6}  {s['model']}  [{s['source']}]")
+        lines.append(f"  parameters {s['parameters']:,} ({s['name']}, {s['quantization']})")
+    lines.append(f"critics {plan['critic_init']}")
+    ddp, fsdp = plan["memory"]["ddp"], plan["memory"]["fsdp2"]
+    lines += ["", f"per-GPU memory, world size {plan['world_size']} (GiB)"]
+    width = max(len(n) for n in [*ddp["bytes"], *fsdp["bytes"]])
+    lines.append(f"  {'component':<{width}}  {'DDP':>8}  {'FSDP2':>8}")
+    for name in fsdp["bytes"]:
+        cells = [
+            f"{gib(m['bytes'][name]):8.2f}" if name in m["bytes"] else f"{'-':>8}"
+            for m in (ddp, fsdp)
+        ]
+        lines.append(f"  {name:<{width}}  {cells[0]}  {cells[1]}")
+    lines.append(
+        f"  {'total':<{width}}  {gib(ddp['total_bytes']):8.2f}  {gib(fsdp['total_bytes']):8.2f}"
+    )
+    lines.append("")
+    lines.extend(f"note: {n}" for n in dict.fromkeys(ddp["notes"] + fsdp["notes"]))
+    lines.append(f"note: {NOTE}")
+    return "\n".join(lines)
