@@ -71,6 +71,7 @@ def min_norm_masked(G: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, 
     k = G.shape[0]
     if k > MAX_DEVICE_K:
         return _on_host(G, mask)
+    G = (G + G.mT) * 0.5  # fp32 partial sums need not be symmetric; the host solver does this too
     maskf = mask.to(torch.float64)
     scale = (G.diagonal() * maskf).amax().clamp_min(torch.finfo(torch.float64).tiny)
     Gm = G * (maskf[:, None] * maskf[None, :]) / scale
@@ -92,10 +93,10 @@ def min_norm_masked(G: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, 
     w = w / torch.where(total > 0, total, torch.ones_like(total))
     residual = kkt_residual_tensor(Gm, w, mask)
     residual = torch.where(usable, residual, torch.full_like(residual, torch.inf))
-    best = residual.argmin()
+    best = residual.argmin().reshape(1)  # index_select, not w[best]: that reads best on the host
     any_active = mask.any()
-    w_best = torch.where(any_active, w[best], torch.zeros_like(w[best]))
-    kkt = torch.where(any_active, residual[best], torch.zeros_like(residual[best]))
+    w_best = torch.where(any_active, w.index_select(0, best)[0], 0.0)
+    kkt = torch.where(any_active, residual.index_select(0, best)[0], 0.0)
     return w_best, kkt
 
 
