@@ -90,10 +90,10 @@ def resolve_probe(probe: Any, trainable: Sequence[torch.Tensor]) -> list[torch.T
             "probe parameters must be trainable parameters of the inner optimizer "
             "(pass the same model's module, e.g. probe=model.lm_head)"
         )
-    if any(is_sharded(p) for p in params):
+    if any(is_sharded(p) for p in params) and not isinstance(probe, torch.nn.Module):
         raise ValueError(
-            "probe mode with sharded (DTensor/FSDP2) parameters is not supported: FSDP2 runs the "
-            "forward on unsharded copies; use the full mode"
+            "a sharded (DTensor/FSDP2) probe must be given as its module (e.g. probe=model.lm_head): "
+            "FSDP2 runs the forward on unsharded copies, which MOGD reaches through the module"
         )
     unique: dict[int, torch.Tensor] = {}
     for p in params:

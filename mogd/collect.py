@@ -1,4 +1,5 @@
-"""Routing each objective's backward passes into its row of the gradient bank (the full mode).
+"""Where the per-objective gradients come from: each objective's backward passes routed into its row
+of the gradient bank (the full mode), or the probe's gradients by autograd.grad (probe mode).
 
 ``with opt.objective(i):`` points every parameter's ``.grad`` at row i of the bank, so autograd (and
 DDP, and FSDP2's reduce-scatter) accumulate objective i's gradient in place. Hooks on the parameters
@@ -14,9 +15,11 @@ from typing import Any
 
 import torch
 
+from mogd.arguments import resolve_probe
 from mogd.bank import GradientBank, register_hooks
+from mogd.distributed import average_into_shard, is_sharded
 
-__all__ = ["Collector"]
+__all__ = ["Collector", "Probe"]
 
 
 class Collector:
@@ -109,3 +112,49 @@ class Collector:
                 "a parameter received a sparse gradient; MOGD keeps dense per-objective gradients "
                 "(use nn.Embedding(sparse=False))"
             )
+
+
+class Probe:
+    """The probe of probe mode: the parameters whose per-objective gradients decide the weights.
+
+    ``params`` are what the optimizer holds (and the bank stores). Plain parameters are
+    differentiated directly. Sharded ones (FSDP2 ``fully_shard``) are not in the autograd graph:
+    FSDP2 runs the forward on unsharded copies, which a forward pre-hook on the probe module records;
+    their gradient (this rank's batch, full size) is averaged over the ranks straight into this
+    rank's shard (one reduce-scatter per objective, what FSDP2 does to ``.grad``), so the Gram of the
+    shards plus one k×k all-reduce is the exact Gram of the averaged gradients.
+    """
+
+    def __init__(self, probe: Any, trainable: Sequence[torch.Tensor]) -> None:
+        self.params = resolve_probe(probe, trainable)
+        self.sharded = any(is_sharded(p) for p in self.params)
+        self._unsharded: list[torch.Tensor] | None = None
+        if self.sharded:
+            probe.register_forward_pre_hook(self._record)
+
+    def _record(self, module: torch.nn.Module, args: Any) -> None:
+        # the same selection and order as resolve_probe made from the sharded parameters
+        unique: dict[int, torch.Tensor] = {}
+        for p in module.parameters():
+            if p.requires_grad:
+                unique.setdefault(id(p), p)
+        self._unsharded = list(unique.values())
+
+    def gradients(self, loss: torch.Tensor) -> list[torch.Tensor | None]:
+        """∂loss/∂params, as local tensors shaped like the bank's views (None: not reached)."""
+        # autograd.grad, not backward(inputs=probe): it leaves .grad alone and does not fire DDP's
+        # reducer hooks, so the one weighted backward after it is an ordinary (DDP/FSDP2) backward.
+        if not self.sharded:
+            return list(
+                torch.autograd.grad(loss, self.params, retain_graph=True, allow_unused=True)
+            )
+        if self._unsharded is None or any(is_sharded(p) for p in self._unsharded):
+            raise RuntimeError(
+                "the probe module has not run a forward on unsharded (FSDP2) parameters since the "
+                "optimizer was built; compute the losses with the model, then step"
+            )
+        grads = torch.autograd.grad(loss, self._unsharded, retain_graph=True, allow_unused=True)
+        return [
+            None if g is None else average_into_shard(g, p)
+            for g, p in zip(grads, self.params, strict=True)
+        ]

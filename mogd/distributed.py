@@ -32,6 +32,7 @@ __all__ = [
     "Topology",
     "all_reduce_grads_",
     "all_reduce_sum_",
+    "average_into_shard",
     "detect",
     "find_ddp_modules",
     "is_sharded",
@@ -134,6 +135,18 @@ class Topology:
             for key in shard_groups:
                 groups.extend(x for x in key if all(x is not y for y in groups))
         return groups
+
+
+def average_into_shard(grad: torch.Tensor, param: torch.Tensor) -> torch.Tensor:
+    """This rank's shard of the rank-average of ``grad`` (each rank's full-size gradient of its own
+    batch), laid out as the DTensor ``param`` is: one reduce-scatter, as FSDP2 reduces ``.grad``."""
+    from torch.distributed.tensor import DTensor, Partial
+
+    mesh = param.device_mesh  # type: ignore[attr-defined]
+    partial = DTensor.from_local(
+        grad.contiguous(), mesh, [Partial("avg")] * mesh.ndim, run_check=False
+    )
+    return partial.redistribute(mesh, param.placements).to_local()  # type: ignore[attr-defined]
 
 
 def local_tensor(t: torch.Tensor) -> torch.Tensor:

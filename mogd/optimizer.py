@@ -34,7 +34,7 @@ from torch.profiler import record_function
 
 from mogd import amp, arguments, distributed
 from mogd.bank import GradientBank
-from mogd.collect import Collector
+from mogd.collect import Collector, Probe
 from mogd.ops import combine, gram
 from mogd.step_info import StepInfo
 from mogd.weighting import GAPO, Weighting, WeightingResult
@@ -115,7 +115,7 @@ class MOGD(WrappedOptimizer):
         self._bank: GradientBank | None = None  # the full mode's (the collector's) or the probe's
         self._scaler_guard = amp.ScalerGuard()
         self._probed: dict[str, Any] | None = None  # probe mode: what backward() left for step()
-        self._probe = None if probe is None else arguments.resolve_probe(probe, self._trainable())
+        self._probe = None if probe is None else Probe(probe, self._trainable())
         self._topology = distributed.detect(self._trainable(), process_group)
         if self._topology is not None:
             self._topology.adopt(full_mode=self._probe is None)
@@ -171,7 +171,7 @@ class MOGD(WrappedOptimizer):
             self._set_k(int(own["k"]))
 
     def __repr__(self) -> str:
-        mode = "full" if self._probe is None else f"probe({len(self._probe)} tensors)"
+        mode = "full" if self._probe is None else f"probe({len(self._probe.params)} tensors)"
         topology = "pending" if self._topology is None else self._topology.describe()
         inner = "\n".join("    " + line for line in repr(self.inner).splitlines())
         return (
@@ -243,11 +243,7 @@ class MOGD(WrappedOptimizer):
             for i in range(len(losses)):
                 bank.ensure_row(i)
         for i, loss in enumerate(losses):
-            # autograd.grad, not backward(inputs=probe): it leaves .grad alone and does not fire DDP's
-            # reducer hooks, so the one weighted backward below is an ordinary DDP backward.
-            bank.store(
-                i, torch.autograd.grad(loss, self._probe, retain_graph=True, allow_unused=True)
-            )
+            bank.store(i, self._probe.gradients(loss))
         topology.sum_bank_(bank.all_tensors())
         with record_function("mogd.gram"):
             divisor = topology.world_size * (1.0 if scale is None else scale.to(torch.float64))
@@ -468,7 +464,7 @@ class MOGD(WrappedOptimizer):
     def _probe_bank(self) -> GradientBank:
         if self._bank is None:
             assert self._probe is not None
-            self._bank = GradientBank(self._probe, self._group_key(), self._k)
+            self._bank = GradientBank(self._probe.params, self._group_key(), self._k)
         return self._bank
 
     def _global_gram(self, bank: GradientBank) -> torch.Tensor:

@@ -9,6 +9,10 @@ ranks' gradients is the full-batch gradient).
   single-process reference to 1e-6, and StepInfo is identical on both ranks.
 * FSDP2 ``fully_shard`` (DTensor parameters): the same equality; the only collective in ``step()`` is
   one all-reduce of the k×k float64 Gram (8k² bytes), nothing is gathered.
+* FSDP2 probe mode: the probe's per-objective gradients are averaged into shards (sharded Gram plus
+  one k×k all-reduce), and the run equals the single process.
+* Clipping (max_norm) under DDP, FSDP2 and FSDP2 probe mode: the global ‖d‖ (all ranks, all shards)
+  and the clipped updates equal the single process's.
 * A non-finite gradient on one rank makes both ranks skip the same step; with a GradScaler both
   scalers back off together.
 """
@@ -30,6 +34,7 @@ WORLD = 2
 K = 3
 STEPS = 3
 TOL = 1e-6
+CLIP = 0.05  # below every ‖d‖ of these runs: clipping is active at every step
 
 
 def make_model(seed=0):
@@ -88,6 +93,7 @@ def _info(infos):
         "weights": torch.stack([i.weights for i in infos]),
         "gram": torch.stack([i.gram for i in infos]),
         "skipped": [i.skipped for i in infos],
+        "direction_norm": torch.tensor([i.direction_norm for i in infos], dtype=torch.float64),
     }
 
 
@@ -180,6 +186,22 @@ def worker(rank, port, out_dir):
     }
     del model, opt
 
+    # clipping: DDP, FSDP2, and FSDP2 probe mode (the probe's gradients averaged into shards)
+    model = DDP(make_model())
+    opt = make_opt(model.parameters(), max_norm=CLIP)
+    res["ddp_clip"] = _info(_train(model, opt, x)) | {"params": flat(model.parameters())}
+    del model, opt
+    for key, probe in (("fsdp_clip", False), ("fsdp_probe", True)):
+        model = make_model()
+        for layer in (model[0], model[2]):
+            fully_shard(layer)
+        fully_shard(model)
+        opt = make_opt(model.parameters(), max_norm=CLIP, probe=model[2] if probe else None)
+        res[key] = _info(_train(model, opt, x, form="losses")) | {
+            "params": torch.cat([p.full_tensor().reshape(-1) for p in model.parameters()])
+        }
+        del model, opt
+
     # a non-finite gradient on rank 1 only, DDP and FSDP2
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
@@ -229,10 +251,10 @@ def ranks(tmp_path_factory):
     return [torch.load(out / f"rank{r}.pt", weights_only=False) for r in range(WORLD)]
 
 
-def reference(probe=False, plant_step=None, form="losses"):
+def reference(probe=False, plant_step=None, form="losses", max_norm=None):
     """Single process on the concatenated batch."""
     model = make_model()
-    opt = make_opt(model.parameters(), probe=model[2] if probe else None)
+    opt = make_opt(model.parameters(), probe=model[2] if probe else None, max_norm=max_norm)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         infos = _train(model, opt, batch(), form=form)
@@ -246,6 +268,10 @@ def assert_same_on_all_ranks(results, key):
         )
         assert torch.equal(r[key]["gram"].nan_to_num(-1), results[0][key]["gram"].nan_to_num(-1))
         assert r[key]["skipped"] == results[0][key]["skipped"]
+        assert torch.equal(
+            r[key]["direction_norm"].nan_to_num(-1),
+            results[0][key]["direction_norm"].nan_to_num(-1),
+        )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -297,6 +323,24 @@ def test_fsdp2_step_communicates_one_gram_of_k_squared_numbers(ranks):
     for r in ranks:
         calls = r["fsdp"]["collectives"]
         assert calls == [("all_reduce", K * K, 8 * K * K)], calls
+
+
+@pytest.mark.parametrize(
+    ("key", "probe"), [("ddp_clip", False), ("fsdp_clip", False), ("fsdp_probe", True)]
+)
+def test_clipping_and_probe_mode_equal_single_process(ranks, key, probe):
+    """max_norm clips the global d on every rank alike (the norm spans all ranks and shards), and
+    FSDP2 probe mode computes the Gram of the averaged probe gradients exactly."""
+    ref = reference(probe=probe, max_norm=CLIP)
+    assert (ref["direction_norm"] > CLIP).all()  # clipping was active
+    assert_same_on_all_ranks(ranks, key)
+    for r in ranks:
+        torch.testing.assert_close(r[key]["weights"], ref["weights"], rtol=0, atol=TOL)
+        torch.testing.assert_close(r[key]["gram"], ref["gram"], rtol=TOL, atol=TOL)
+        torch.testing.assert_close(
+            r[key]["direction_norm"], ref["direction_norm"], rtol=TOL, atol=0
+        )
+        torch.testing.assert_close(r[key]["params"], ref["params"], rtol=0, atol=TOL)
 
 
 def test_nonfinite_on_one_rank_skips_on_every_rank(ranks):
