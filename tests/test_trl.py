@@ -1,0 +1,441 @@
+"""MOGDGRPOTrainer (integrations/trl.py): GAPO across the reward functions of TRL's GRPOTrainer.
+
+A tiny Llama and a word-level tokenizer are built here (no download). Two reward functions pull the
+policy apart: ``length_reward`` (more words) and ``positive_reward`` (a larger share of positive
+words). The references are
+stock ``trl.GRPOTrainer`` runs on the same seed (so the same completions), one reward at a time,
+and a float64 NumPy re-derivation of the group normalisation.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+trl = pytest.importorskip("trl")
+
+from datasets import Dataset  # noqa: E402
+from tokenizers import Tokenizer, models, pre_tokenizers  # noqa: E402
+from transformers import (  # noqa: E402
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedTokenizerFast,
+    TrainerCallback,
+)
+
+import mogd  # noqa: E402
+from integrations.trl import STD_EPS, MOGDGRPOTrainer, group_advantages  # noqa: E402
+
+SPECIAL = ["<unk>", "<s>", "</s>", "<pad>"]
+WORDS = "yes no good bad the a cat dog sun moon red blue one two three four".split()
+PROMPTS = ["the cat", "a dog", "red sun", "blue moon"]
+REPO = Path(__file__).resolve().parents[1]
+
+
+def tiny_tokenizer() -> PreTrainedTokenizerFast:
+    vocab = {t: i for i, t in enumerate(SPECIAL + WORDS)}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token="<s>",
+        eos_token="</s>",
+        pad_token="<pad>",
+        unk_token="<unk>",
+    )
+
+
+def tiny_model(seed: int = 0) -> LlamaForCausalLM:
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=len(SPECIAL) + len(WORDS),
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+        pad_token_id=3,
+        bos_token_id=1,
+        eos_token_id=2,
+    )
+    return LlamaForCausalLM(config)
+
+
+def length_reward(completions, **kwargs):
+    return [float(len(c.split())) for c in completions]
+
+
+POSITIVE = {"yes", "good", "sun", "one"}
+
+
+def positive_reward(completions, **kwargs):
+    """The share of positive words: short answers can score high, so it pulls against length."""
+    return [sum(w in POSITIVE for w in c.split()) / max(1, len(c.split())) for c in completions]
+
+
+def constant_reward(completions, **kwargs):
+    return [1.0 for _ in completions]
+
+
+class Record(TrainerCallback):
+    """At every optimizer step: the gradient the optimizer stepped along (flat, float64)."""
+
+    def __init__(self) -> None:
+        self.trainer = None
+        self.grads: list[torch.Tensor] = []
+        self.infos: list[mogd.StepInfo] = []
+
+    def on_optimizer_step(self, args, state, control, model=None, **kwargs):
+        self.grads.append(
+            torch.cat(
+                [
+                    (torch.zeros_like(p) if p.grad is None else p.grad)
+                    .detach()
+                    .double()
+                    .reshape(-1)
+                    for p in model.parameters()
+                ]
+            )
+        )
+        opt = getattr(self.trainer, "mogd_optimizer", None)
+        if opt is not None:
+            self.infos.append(opt.last_info)
+
+
+def make_trainer(
+    out: Path,
+    reward_funcs,
+    *,
+    cls=MOGDGRPOTrainer,
+    steps: int = 1,
+    accumulation: int = 1,
+    sgd_lr: float | None = None,
+    seed: int = 0,
+    **kwargs,
+):
+    """A trainer on the tiny model; ``sgd_lr`` swaps TRL's AdamW for plain SGD (the step is -lr·d)."""
+    config = {
+        "output_dir": str(out),
+        "per_device_train_batch_size": 4,
+        "num_generations": 4,
+        "max_completion_length": 6,
+        "max_steps": steps,
+        "gradient_accumulation_steps": accumulation,
+        "logging_steps": 1,
+        "learning_rate": 1e-2 if sgd_lr is None else sgd_lr,
+        "lr_scheduler_type": "constant",
+        "report_to": [],
+        "use_cpu": True,
+        "save_strategy": "no",
+        "seed": seed,
+        "max_grad_norm": 0.0,
+    }
+    config.update(kwargs.pop("config", {}))
+    # saved and loaded by path: with beta > 0 TRL builds the reference model from that path
+    path = Path(out) / "init"
+    tiny_model(seed).save_pretrained(path)
+    model = LlamaForCausalLM.from_pretrained(path)
+    optimizers = (None, None)
+    if sgd_lr is not None:
+        optimizers = (torch.optim.SGD(model.parameters(), lr=sgd_lr), None)
+    record = Record()
+    trainer = cls(
+        model=model,
+        reward_funcs=reward_funcs,
+        args=trl.GRPOConfig(**config),
+        train_dataset=Dataset.from_dict({"prompt": PROMPTS * 4}),
+        processing_class=tiny_tokenizer(),
+        callbacks=[record],
+        optimizers=optimizers,
+        **kwargs,
+    )
+    record.trainer = trainer
+    return trainer, record
+
+
+def logged(trainer, key: str) -> list[float]:
+    return [row[key] for row in trainer.state.log_history if key in row]
+
+
+# -- advantages per reward ------------------------------------------------------------------------
+
+
+def reference_advantages(rewards: np.ndarray, groups: int, scale: str) -> np.ndarray:
+    """Float64 re-derivation: per column, centre on the group mean, divide by a NaN-skipping
+    sample std (+1e-4) of the group or the whole column; NaN rewards get 0."""
+    n, k = rewards.shape
+    out = np.zeros((n, k))
+    for j in range(k):
+        col = rewards[:, j]
+        for start in range(0, n, groups):
+            block = col[start : start + groups]
+            valid = block[~np.isnan(block)]
+            centred = block - valid.mean() if valid.size else block
+            if scale == "group":
+                std = valid.std(ddof=1) if valid.size > 1 else (0.0 if groups == 1 else np.nan)
+                centred = centred / (std + STD_EPS)
+            elif scale == "batch":
+                every = col[~np.isnan(col)]
+                centred = centred / (every.std(ddof=1) + STD_EPS)
+            out[start : start + groups, j] = centred
+    return np.nan_to_num(out, nan=0.0)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    groups=st.sampled_from([2, 3, 4]),
+    n_groups=st.integers(1, 3),
+    k=st.integers(1, 3),
+    scale=st.sampled_from(["group", "batch", "none"]),
+    data=st.data(),
+)
+def test_group_advantages_match_float64_reference(groups, n_groups, k, scale, data):
+    n = groups * n_groups
+    values = data.draw(
+        st.lists(
+            st.one_of(st.floats(-100, 100, width=32), st.just(math.nan)),
+            min_size=n * k,
+            max_size=n * k,
+        )
+    )
+    rewards = np.array(values, dtype=np.float32).reshape(n, k)
+    got = group_advantages(torch.from_numpy(rewards), groups, scale).double().numpy()
+    want = reference_advantages(rewards.astype(np.float64), groups, scale)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-3)
+    assert not np.isnan(got).any()
+
+
+@settings(max_examples=40, deadline=None)
+@given(shift=st.floats(-50, 50), scale=st.floats(0.5, 20), seed=st.integers(0, 10_000))
+def test_each_reward_is_normalised_on_its_own(shift, scale, seed):
+    """Rescaling or shifting one reward leaves the advantages of the others untouched, and its own
+    (group-scaled) advantages are invariant to the shift and, up to the 1e-4 guard, to the scale."""
+    gen = torch.Generator().manual_seed(seed)
+    rewards = torch.randn(8, 2, generator=gen, dtype=torch.float64)
+    moved = rewards.clone()
+    moved[:, 1] = moved[:, 1] * scale + shift
+    a, b = group_advantages(rewards, 4), group_advantages(moved, 4)
+    torch.testing.assert_close(a[:, 0], b[:, 0], rtol=0, atol=0)
+    torch.testing.assert_close(a[:, 1], b[:, 1], rtol=1e-3, atol=1e-3)
+    torch.testing.assert_close(
+        b.view(2, 4, 2).mean(1), torch.zeros(2, 2, dtype=torch.float64), atol=1e-9, rtol=0
+    )
+
+
+def test_group_advantages_reject_bad_input():
+    with pytest.raises(ValueError, match="num_generations"):
+        group_advantages(torch.zeros(6, 2), 4)
+    with pytest.raises(ValueError, match="scale_rewards"):
+        group_advantages(torch.zeros(4, 2), 4, "median")
+    with pytest.raises(ValueError, match=r"\[N, k\]"):
+        group_advantages(torch.zeros(4), 4)
+
+
+# -- training -------------------------------------------------------------------------------------
+
+
+def test_trains_a_few_steps_and_logs_weights(tmp_path):
+    trainer, record = make_trainer(
+        tmp_path, [length_reward, positive_reward], steps=3, accumulation=2
+    )
+    before = [p.detach().clone() for p in trainer.model.parameters()]
+    trainer.train()
+    names = ["length_reward", "positive_reward"]
+    for name in names:
+        assert len(logged(trainer, f"rewards/{name}/mean")) == 3
+        assert len(logged(trainer, f"rewards/{name}/std")) == 3
+    weights = np.array([logged(trainer, f"mogd/weight/{name}") for name in names])
+    norms = np.array([logged(trainer, f"mogd/norm/{name}") for name in names])
+    assert weights.shape == (2, 3) and np.isfinite(weights).all()
+    assert len(logged(trainer, "mogd/cosine/length_reward/positive_reward")) == 3
+    # GAPO(p=1) with k = 2: α = (½, ½) on the unit-normalised gradients, so w_i ‖g_i‖ = ½
+    live = (norms > 0).all(axis=0)
+    assert live.any()
+    np.testing.assert_allclose((weights * norms)[:, live], 0.5, rtol=1e-9)
+    # the logged weights are those of the steps taken (StepInfo of every optimizer step)
+    stepped = np.array([info.weights.numpy() for info in record.infos]).T
+    np.testing.assert_allclose(weights, stepped, rtol=1e-12)
+    assert any(
+        not torch.equal(a, b) for a, b in zip(before, trainer.model.parameters(), strict=True)
+    )
+    assert trainer.mogd_optimizer.weighting.p == 1.0
+
+
+def test_linear_single_reward_matches_stock_grpo(tmp_path):
+    """k = 1 with Linear([1]): the same loss and the same gradient as trl.GRPOTrainer, including
+    gradient accumulation over two micro-batches and a KL term."""
+    common = {"steps": 2, "accumulation": 2, "sgd_lr": 0.5, "config": {"beta": 0.1}}
+    stock, stock_record = make_trainer(
+        tmp_path / "stock", [length_reward], cls=trl.GRPOTrainer, **common
+    )
+    stock.train()
+    ours, our_record = make_trainer(
+        tmp_path / "ours", [length_reward], weighting=mogd.Linear, **common
+    )
+    ours.train()
+    assert repr(ours.mogd_optimizer.weighting) == "Linear(weights=[1.0])"
+    np.testing.assert_allclose(logged(ours, "loss"), logged(stock, "loss"), rtol=1e-5, atol=1e-7)
+    assert len(our_record.grads) == len(stock_record.grads) == 2
+    for g_ours, g_stock in zip(our_record.grads, stock_record.grads, strict=True):
+        assert g_stock.norm() > 0
+        torch.testing.assert_close(g_ours, g_stock, rtol=1e-5, atol=1e-7)
+    for p, q in zip(ours.model.parameters(), stock.model.parameters(), strict=True):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("loss_type", ["grpo", "dapo"])
+def test_objective_gradients_are_the_per_reward_grpo_gradients(tmp_path, loss_type):
+    """The Gram MOGD builds is that of stock GRPO's gradients for each reward alone (same seed, so the
+    same completions), and the step's direction is Σ w_i g_i on those gradients."""
+    common = {"steps": 1, "accumulation": 2, "sgd_lr": 0.1, "config": {"loss_type": loss_type}}
+    ours, record = make_trainer(tmp_path / "ours", [length_reward, positive_reward], **common)
+    ours.train()
+    singles = []
+    for i, reward in enumerate([length_reward, positive_reward]):
+        stock, stock_record = make_trainer(
+            tmp_path / f"stock{i}", [reward], cls=trl.GRPOTrainer, **common
+        )
+        stock.train()
+        singles.append(stock_record.grads[0])
+    J = torch.stack(singles)  # [2, n] float64
+    info = record.infos[0]
+    assert (info.norms > 0).all()
+    torch.testing.assert_close(info.gram, J @ J.T, rtol=1e-4, atol=1e-8)
+    torch.testing.assert_close(record.grads[0], info.weights @ J, rtol=1e-4, atol=1e-7)
+
+
+def test_zero_advantage_reward_gets_weight_zero_and_training_goes_on(tmp_path):
+    trainer, _ = make_trainer(tmp_path, [length_reward, constant_reward], steps=2)
+    before = [p.detach().clone() for p in trainer.model.parameters()]
+    trainer.train()
+    assert logged(trainer, "mogd/weight/constant_reward") == [0.0, 0.0]
+    assert logged(trainer, "mogd/norm/constant_reward") == [0.0, 0.0]
+    assert all(w > 0 for w in logged(trainer, "mogd/weight/length_reward"))
+    assert logged(trainer, "mogd/skipped") == [0.0, 0.0]
+    assert any(
+        not torch.equal(a, b) for a, b in zip(before, trainer.model.parameters(), strict=True)
+    )
+
+
+def test_max_grad_norm_clips_the_combined_direction(tmp_path):
+    trainer, record = make_trainer(
+        tmp_path, [length_reward, positive_reward], sgd_lr=1.0, config={"max_grad_norm": 1e-3}
+    )
+    assert trainer.max_norm == 1e-3
+    trainer.train()
+    (norm,) = logged(trainer, "mogd/direction_norm")
+    assert norm > 1e-3
+    assert "grad_norm" not in trainer.state.log_history[0]
+    torch.testing.assert_close(record.grads[0].norm().item(), 1e-3, rtol=1e-5, atol=0)
+
+
+# -- arguments ------------------------------------------------------------------------------------
+
+
+def test_reward_weights_become_the_preference(tmp_path):
+    config = {"reward_weights": [3.0, 1.0]}
+    trainer, _ = make_trainer(
+        tmp_path, [length_reward, positive_reward], weighting=mogd.PGAPO, config=config
+    )
+    assert repr(trainer.weighting) == "PGAPO(preference=[0.75, 0.25])"
+    trainer, _ = make_trainer(
+        tmp_path, [length_reward, positive_reward], weighting=mogd.Linear, config=config
+    )
+    assert repr(trainer.weighting) == "Linear(weights=[3.0, 1.0])"
+    agreeing = mogd.PGAPO([6.0, 2.0])
+    trainer, _ = make_trainer(
+        tmp_path, [length_reward, positive_reward], weighting=agreeing, config=config
+    )
+    assert trainer.weighting is agreeing
+
+
+@pytest.mark.parametrize(
+    ("weighting", "config", "error", "match"),
+    [
+        (None, {"reward_weights": [2.0, 1.0]}, ValueError, "mogd.PGAPO"),
+        (mogd.Linear([1.0, 1.0]), {"reward_weights": [2.0, 1.0]}, ValueError, "disagree"),
+        (mogd.PGAPO([1.0, 1.0, 1.0]), {}, ValueError, "3 entries but there are 2"),
+        (mogd.PGAPO, {"reward_weights": [1.0, -1.0]}, ValueError, "reward_weights"),
+        ("gapo", {}, TypeError, "weighting must be"),
+    ],
+)
+def test_bad_weighting_arguments_are_refused(tmp_path, weighting, config, error, match):
+    with pytest.raises(error, match=match):
+        make_trainer(tmp_path, [length_reward, positive_reward], weighting=weighting, config=config)
+
+
+def test_a_prewrapped_optimizer_is_refused(tmp_path):
+    trainer, _ = make_trainer(tmp_path, [length_reward, positive_reward])
+    trainer.optimizer = mogd.MOGD(torch.optim.SGD(trainer.model.parameters(), lr=0.1))
+    with pytest.raises(TypeError, match="plain optimizer"):
+        trainer.train()
+
+
+def test_deepspeed_is_refused_naming_fsdp2(tmp_path, monkeypatch):
+    original = trl.GRPOTrainer.__init__
+
+    def as_if_deepspeed(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        self.is_deepspeed_enabled = True
+
+    monkeypatch.setattr(trl.GRPOTrainer, "__init__", as_if_deepspeed)
+    with pytest.raises(ValueError, match="FSDP2"):
+        make_trainer(tmp_path, [length_reward, positive_reward])
+
+
+# -- two processes --------------------------------------------------------------------------------
+
+WORKER = """
+import json, os, sys
+sys.path.insert(0, {tests!r})
+sys.path.append({repo!r})
+import test_trl as t
+
+trainer, record = t.make_trainer({out!r}, [t.length_reward, t.positive_reward], steps=2, accumulation=2)
+trainer.train()
+rank = trainer.accelerator.process_index
+flat = [p.detach().double().reshape(-1) for p in trainer.model.parameters()]
+with open(os.path.join({out!r}, f"rank{{rank}}.json"), "w") as f:
+    json.dump({{
+        "weights": [info.weights.tolist() for info in record.infos],
+        "gram": [info.gram.tolist() for info in record.infos],
+        "params": t.torch.cat(flat).tolist(),
+        "optimizer": repr(trainer.mogd_optimizer),
+        "world": trainer.accelerator.num_processes,
+    }}, f)
+"""
+
+
+@pytest.mark.slow
+def test_two_process_gloo_run_agrees_on_the_weights(tmp_path):
+    """torchrun, 2 CPU processes: accelerate wraps the policy in DDP over gloo; MOGD averages the
+    per-objective gradients across ranks, so both ranks log the same weights and stay in sync."""
+    script = tmp_path / "worker.py"
+    out = tmp_path / "run"
+    out.mkdir()
+    script.write_text(WORKER.format(tests=str(REPO / "tests"), repo=str(REPO), out=str(out)))
+    env = dict(os.environ, TRITON_INTERPRET="1", HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    run = subprocess.run(
+        [*command, str(script)], env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path
+    )
+    assert run.returncode == 0, run.stderr[-4000:]
+    ranks = [json.loads((out / f"rank{r}.json").read_text()) for r in range(2)]
+    assert all(r["world"] == 2 for r in ranks)
+    assert all("replicated(DDP, world_size=2)" in r["optimizer"] for r in ranks)
+    assert len(ranks[0]["weights"]) == 2
+    assert ranks[0]["weights"] == ranks[1]["weights"]
+    assert ranks[0]["gram"] == ranks[1]["gram"]
+    assert np.isfinite(ranks[0]["weights"]).all() and np.array(ranks[0]["weights"]).any()
+    assert ranks[0]["params"] == ranks[1]["params"]
