@@ -13,6 +13,10 @@ An MLP with n ≈ 1e6 / 1e7 parameters and k ∈ {2, 4, 8} regression heads (one
   torchjd mgda     TorchJD 0.18 documented API: torchjd.autojac.backward(losses), then
                    torchjd.autojac.jac_to_grad(params, MGDA()), AdamW step
                    (targets at n = 1e7: MOGD full ≥ 1.5× faster, ≤ 0.6× its peak extra memory)
+  torchjd gramsum  the same with jac_to_grad(..., optimize_gramian_computation=True): the Gramian
+                   summed per parameter, the Jacobian never concatenated (TorchJD's memory saver)
+  torchjd autogram TorchJD's autogram engine: Engine(model, batch_dim=None).compute_gramian(losses),
+                   MGDAWeighting() on it, losses.backward(weights), AdamW step (Jacobian never held)
 
 Time: median wall time of the measured steps after warm-up steps; the methods take turns step by step
 (each on its own model), so load from other processes hits them alike; CUDA is synchronised. Peak extra
@@ -26,6 +30,7 @@ rows of the same (n, k) of this run.
 
     python bench/step_overhead.py            # n ∈ {1e6, 1e7}, k ∈ {2, 4, 8}
     python bench/step_overhead.py --quick    # n = 1e6, k ∈ {2, 4}, fewer steps
+    python bench/step_overhead.py --fused --sizes 1e7 --ks 2 4 8   # the CUDA overhead target
 """
 
 from __future__ import annotations
@@ -117,6 +122,42 @@ def make_torchjd_step():
         opt.step()
 
     return step_torchjd
+
+
+def make_torchjd_gramsum_step():
+    from torchjd.aggregation import MGDA
+    from torchjd.autojac import backward, jac_to_grad
+
+    aggregator = MGDA()
+
+    def step_torchjd_gramsum(model, opt, x, y):
+        opt.zero_grad()
+        backward(losses_of(model, x, y))
+        params = [p for p in model.parameters() if p.requires_grad]
+        jac_to_grad(params, aggregator, optimize_gramian_computation=True)
+        opt.step()
+
+    return step_torchjd_gramsum
+
+
+def make_torchjd_autogram_step():
+    from torchjd.aggregation import MGDAWeighting
+    from torchjd.autogram import Engine
+
+    weighting = MGDAWeighting()
+    engines: dict[int, Engine] = {}  # one engine per model, built before its first backward
+
+    def step_torchjd_autogram(model, opt, x, y):
+        opt.zero_grad()
+        engine = engines.get(id(model))
+        if engine is None:
+            engine = engines[id(model)] = Engine(model, batch_dim=None)
+        losses = torch.stack(losses_of(model, x, y))
+        weights = weighting(engine.compute_gramian(losses))
+        losses.backward(weights)
+        opt.step()
+
+    return step_torchjd_autogram
 
 
 # -- measurement ---------------------------------------------------------------------------------
@@ -220,8 +261,8 @@ def step_times_ms(
     return [statistics.median(t) * 1e3 for t in times]
 
 
-def methods(k: int) -> list[tuple[str, Callable, Callable]]:
-    adamw = lambda m: torch.optim.AdamW(m.parameters(), lr=1e-4)  # noqa: E731
+def methods(k: int, fused: bool) -> list[tuple[str, Callable, Callable]]:
+    adamw = lambda m: torch.optim.AdamW(m.parameters(), lr=1e-4, fused=fused or None)  # noqa: E731
     return [
         ("adamw (sum)", adamw, step_sum),
         ("k bwd + adamw", adamw, step_k_backward),
@@ -229,6 +270,8 @@ def methods(k: int) -> list[tuple[str, Callable, Callable]]:
         ("mogd probe", lambda m: mogd.MOGD(adamw(m), mogd.GAPO(p=1), probe=m[-1]), step_mogd),
         ("naive", adamw, step_naive),
         ("torchjd mgda", adamw, make_torchjd_step()),
+        ("torchjd gramsum", adamw, make_torchjd_gramsum_step()),
+        ("torchjd autogram", adamw, make_torchjd_autogram_step()),
     ]
 
 
@@ -244,6 +287,12 @@ def main() -> None:
     parser.add_argument("--ks", type=int, nargs="+", default=None)
     parser.add_argument("--steps", type=int, default=None)
     parser.add_argument("--batch", type=int, default=BATCH, help="rows per step (default 64)")
+    parser.add_argument(
+        "--fused",
+        action="store_true",
+        help="AdamW(fused=True) for every row: MOGD then skips non-finite steps on the device "
+        "(found_inf) and a CUDA step never waits for the host",
+    )
     args = parser.parse_args()
     device = torch.device(args.device)
     _fix_mmap_threshold()
@@ -251,16 +300,19 @@ def main() -> None:
     ks = args.ks or ([2, 4] if args.quick else [2, 4, 8])
     steps = args.steps or (4 if args.quick else 10)
     warmup = 2 if args.quick else 3
-    print(f"device {device}, batch {args.batch}, {warmup} warm-up + {steps} measured steps, AdamW")
+    flavour = "fused AdamW" if args.fused else "AdamW"
+    print(
+        f"device {device}, batch {args.batch}, {warmup} warm-up + {steps} measured steps, {flavour}"
+    )
     header = (
-        f"{'n':>9} {'k':>2} {'method':<14} {'ms/step':>9} {'x floor':>8} {'x k-bwd':>8} "
+        f"{'n':>9} {'k':>2} {'method':<16} {'ms/step':>9} {'x floor':>8} {'x k-bwd':>8} "
         f"{'x torchjd':>9} {'peak MB':>9} {'over sum':>9} {'x tjd':>9}"
     )
     print(header)
     print("-" * len(header))
     for n in sizes:
         for k in ks:
-            table = methods(k)
+            table = methods(k, args.fused)
             runs = [(m, st) for _, m, st in table]
             ms = step_times_ms(runs, n, k, device, args.batch, warmup, steps)
             rows = {
@@ -273,7 +325,7 @@ def main() -> None:
             for name, (ms, mb) in rows.items():
                 over = mb - floor[1]
                 print(
-                    f"{params:>9.2e} {k:>2} {name:<14} {ms:>9.2f} {_ratio(ms, floor[0]):>8.2f} "
+                    f"{params:>9.2e} {k:>2} {name:<16} {ms:>9.2f} {_ratio(ms, floor[0]):>8.2f} "
                     f"{_ratio(ms, kbwd[0]):>8.2f} {_ratio(ms, tjd[0]):>9.2f} {mb:>9.1f} "
                     f"{over:>9.1f} {_ratio(over, tjd_over):>9.2f}"
                 )
