@@ -1,0 +1,61 @@
+"""The wheel ships the pipeline as ``mogd.integrations`` with its data and the ``mogd-rlhf`` script.
+
+A copy of the sources is built with the installed setuptools (no network, nothing written into the
+checkout) and the wheel's file list and entry points are checked against the checkout.
+"""
+
+from __future__ import annotations
+
+import ast
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_integrations_import_each_other_relatively():
+    # an absolute `integrations.x` import works in a checkout only: the wheel has mogd.integrations
+    for path in sorted((ROOT / "integrations").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                assert not node.module.startswith("integrations"), (path, node.module)
+            if isinstance(node, ast.Import):
+                assert not any(a.name.startswith("integrations") for a in node.names), path
+
+
+@pytest.mark.slow
+def test_wheel_ships_the_pipeline_and_its_script(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, src / name)
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+    for name in ("mogd", "kernels", "integrations"):
+        shutil.copytree(ROOT / name, src / name, ignore=ignore)
+    cmd = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q"]
+    subprocess.run([*cmd, str(src), "-w", str(tmp_path / "dist")], check=True, cwd=tmp_path)
+    (wheel,) = (tmp_path / "dist").glob("mogd-*.whl")
+    with zipfile.ZipFile(wheel) as z:
+        names = set(z.namelist())
+        entry_points = next(
+            z.read(n).decode() for n in names if n.endswith(".dist-info/entry_points.txt")
+        )
+
+    shipped = {f"mogd/integrations/{p.name}" for p in (ROOT / "integrations").glob("*.py")}
+    assert shipped <= names
+    data = {
+        f"mogd/integrations/data/{p.name}"
+        for p in (ROOT / "integrations" / "data").iterdir()
+        if p.suffix in (".jsonl", ".json")
+    }
+    assert {"mogd/integrations/data/train.jsonl", "mogd/integrations/data/eval.jsonl"} <= data
+    assert data <= names
+    assert {f"mogd/kernels/{p.name}" for p in (ROOT / "kernels").glob("*.py")} <= names
+    # no top-level `integrations` or `kernels` package: those names belong to the mogd namespace
+    assert not any(n.startswith(("integrations/", "kernels/")) for n in names)
+    assert "mogd-rlhf = mogd.integrations.cli:main" in entry_points
