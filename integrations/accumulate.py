@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from torch.profiler import record_function
 
 __all__ = ["MicroBatch", "accumulate_objectives", "split"]
 
@@ -48,22 +49,27 @@ def split(rows: torch.Tensor, mask: torch.Tensor, size: int | None) -> list[Micr
 def accumulate_objectives(
     opt: Any,
     chunks: list[MicroBatch],
-    losses_of: Callable[[torch.Tensor], list[torch.Tensor]],
+    losses_of: Callable[[MicroBatch], list[torch.Tensor]],
     probe: bool,
 ) -> Any:
-    """One MOGD step over the update batch: ``losses_of(rows)`` gives the k losses of a micro-batch
-    (token means over its own rows). Returns ``opt.step()``'s StepInfo."""
-    if probe:
-        if len(chunks) != 1:
-            raise ValueError(
-                "probe mode takes the losses of the whole update batch in one step: use "
-                "--probe full with --micro-batch-size, or a --micro-batch-size of at least "
-                "the update batch"
-            )
-        return opt.step(losses_of(chunks[0].rows))
+    """One MOGD step over the update batch: ``losses_of(chunk)`` runs the forward of a
+    micro-batch and gives its k losses (token means over its own rows). Returns ``opt.step()``'s
+    StepInfo. Profiler ranges: policy_forward, policy_backward, mogd."""
+    if probe and len(chunks) != 1:
+        raise ValueError(
+            "probe mode takes the losses of the whole update batch in one step: use "
+            "--probe full with --micro-batch-size, or a --micro-batch-size of at least "
+            "the update batch"
+        )
     for chunk in chunks:
-        losses = losses_of(chunk.rows)
-        for i, loss in enumerate(losses):
-            with opt.objective(i):
-                (loss * chunk.weight).backward(retain_graph=i < len(losses) - 1)
-    return opt.step()
+        with record_function("policy_forward"):
+            losses = losses_of(chunk)
+        with record_function("policy_backward"):
+            if probe:  # the probe's k gradients, the weights, one backward of Σ w_i L_i
+                opt.backward(losses)
+                continue
+            for i, loss in enumerate(losses):
+                with opt.objective(i):
+                    (loss * chunk.weight).backward(retain_graph=i < len(losses) - 1)
+    with record_function("mogd"):
+        return opt.step()  # Gram, weights, Σ w_i g_i, clip, the inner optimizer's step

@@ -46,7 +46,7 @@ import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint import DefaultLoadPlanner, FileSystemReader, FileSystemWriter
-from torch.distributed.checkpoint.metadata import Metadata, StorageMeta
+from torch.distributed.checkpoint.metadata import Metadata, StorageMeta, TensorStorageMetadata
 
 __all__ = [
     "METADATA_ALLOWLIST",
@@ -55,6 +55,7 @@ __all__ = [
     "latest_checkpoint",
     "load",
     "read_meta",
+    "read_tensors",
     "restore_rng",
     "save",
 ]
@@ -272,6 +273,23 @@ def load(path: Path, state: dict[str, Any]) -> None:
         if planner.refused is not None:  # DCP wraps what the planner raised on any rank
             raise CheckpointError(f"{path}: {planner.refused}") from err
         raise
+
+
+def read_tensors(path: Path) -> dict[str, dict[str, torch.Tensor]]:
+    """Every tensor of checkpoint ``path`` on the CPU, full size, grouped by the top-level name
+    it was saved under (``{"policy": {"model.embed_tokens.weight": ...}, ...}``). One process."""
+    metadata = _SafeReader(path).read_metadata()
+    flat = {
+        key: torch.empty(tuple(md.size), dtype=md.properties.dtype)
+        for key, md in metadata.state_dict_metadata.items()
+        if isinstance(md, TensorStorageMetadata)
+    }
+    load(path, flat)
+    grouped: dict[str, dict[str, torch.Tensor]] = {}
+    for key, tensor in flat.items():
+        top, _, rest = key.partition(".")
+        grouped.setdefault(top, {})[rest] = tensor
+    return grouped
 
 
 @contextlib.contextmanager

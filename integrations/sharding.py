@@ -43,6 +43,8 @@ __all__ = [
     "is_sharded_model",
     "master_weights_fp32",
     "shard_model",
+    "shard_trunks",
+    "shardable",
 ]
 
 PRECISIONS = ("fp32", "bf16")
@@ -105,6 +107,40 @@ def shard_model(model: nn.Module, precision: str, mesh: Any = None) -> nn.Module
         fully_shard(layer, mesh=mesh, mp_policy=policy)
     fully_shard(model, mesh=mesh, mp_policy=policy)
     return model
+
+
+def shardable(model: object) -> bool:
+    """Whether :func:`shard_model` applies to ``model``: a module with transformer blocks and no
+    quantised (integer) weights, which bitsandbytes keeps in its own layout."""
+    if not isinstance(model, nn.Module):
+        return False
+    if any(not p.is_floating_point() for p in model.parameters()):
+        return False
+    try:
+        decoder_layers(model)
+    except ValueError:
+        return False
+    return True
+
+
+def shard_trunks(model: nn.Module, precision: str, device: str | torch.device) -> bool:
+    """Shard each outermost transformers model inside ``model`` (a score model's backbone, a
+    critic's trunk) with :func:`shard_model`, and move what stays replicated (score and value
+    heads, buffers) to ``device``: the heads keep their float32 weights and compute. Returns
+    whether anything was sharded."""
+    trunks: list[str] = []
+    for name, module in model.named_modules():
+        if any(name.startswith(t + ".") for t in trunks) or not name:
+            continue
+        if getattr(module, "_no_split_modules", None) and shardable(module):
+            trunks.append(name)
+    for name in trunks:
+        shard_model(model.get_submodule(name), precision)
+    with torch.no_grad():
+        for tensor in [*model.parameters(), *model.buffers()]:
+            if not hasattr(tensor, "device_mesh"):  # not a DTensor shard
+                tensor.data = tensor.data.to(device)
+    return bool(trunks)
 
 
 def is_sharded_model(model: nn.Module) -> bool:

@@ -49,7 +49,8 @@ def step(micro_batch_size, probe=False):
         probe=model.lm_head if probe else None,
     )
 
-    def losses_of(rows):
+    def losses_of(chunk):
+        rows = chunk.rows
         logits = model(input_ids=ids[rows]).logits[:, P - 1 : -1]
         logp = torch.log_softmax(logits, -1).gather(-1, ids[rows, P:, None]).squeeze(-1)
         return [
