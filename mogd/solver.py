@@ -11,6 +11,8 @@ float64 NumPy whatever comes in: k is small, exactness on degenerate G is what m
 
 from __future__ import annotations
 
+import functools
+import inspect
 import math
 from dataclasses import dataclass
 
@@ -18,6 +20,15 @@ import numpy as np
 import torch
 from scipy.linalg.lapack import dpstrf
 from scipy.optimize import nnls
+
+try:
+    # SciPy's compiled Lawson–Hanson core (SciPy >= 1.15), without the wrapper's per-call checks of
+    # inputs we build ourselves: at small k those checks cost more than the solve.
+    from scipy.optimize._nnls import _nnls as _nnls_compiled
+
+    _NNLS_CORE = None if inspect.isfunction(_nnls_compiled) else _nnls_compiled
+except ImportError:  # older SciPy: the public wrapper
+    _NNLS_CORE = None
 
 __all__ = ["MinNormResult", "as_gram", "kkt_residual", "min_norm"]
 
@@ -61,16 +72,18 @@ def as_gram(G: torch.Tensor | np.ndarray) -> np.ndarray:
         raise TypeError(f"G must be a torch.Tensor or numpy.ndarray, got {type(G).__name__}")
     if A.ndim != 2 or A.shape[0] != A.shape[1] or A.shape[0] == 0:
         raise ValueError(f"G must be a non-empty square k×k matrix, got shape {tuple(A.shape)}")
-    if not np.isfinite(A).all():
+    # one reduction decides the common case (a non-finite entry makes the sum non-finite)
+    if not math.isfinite(float(A.sum())) and not np.isfinite(A).all():
         raise ValueError("G contains NaN or inf: a gradient was not finite; check the losses")
     diag = np.diagonal(A)
-    scale = float(diag.max()) if diag.size else 0.0
+    scale = float(diag.max())
     tol = GRAM_TOL * max(scale, 0.0)
-    if diag.min() < -tol or (scale <= 0.0 and np.abs(A).max() > 0.0):
+    if float(diag.min()) < -tol or (scale <= 0.0 and np.abs(A).max() > 0.0):
         raise ValueError("G has a negative diagonal entry: it is not a Gram matrix (G = J Jᵀ)")
-    if np.abs(A - A.T).max() > tol:
+    asym = A - A.T
+    if float(np.abs(asym).max()) > tol:
         raise ValueError("G is not symmetric: pass the Gram matrix J Jᵀ (symmetrise it if needed)")
-    return (A + A.T) * 0.5
+    return A - 0.5 * asym
 
 
 def kkt_residual(G: np.ndarray, w: np.ndarray) -> float:
@@ -126,9 +139,15 @@ def min_norm(G: torch.Tensor | np.ndarray) -> MinNormResult:
             w = np.ones(1)
         else:
             w = _nnls(An)
-    value = max(float(w @ A @ w), 0.0)
-    support = tuple(int(i) for i in np.flatnonzero(w > 0))
-    return MinNormResult(torch.from_numpy(w), value, kkt_residual(A, w), support)
+    Gw = A @ w
+    value = float(w @ Gw)
+    positive = w > 0
+    residual = 0.0
+    if scale > 0.0:  # kkt_residual, reusing Gw
+        gap = Gw - value
+        residual = max(-float(gap.min()), float(np.abs(gap[positive]).max()), 0.0) / scale
+    support = tuple(np.flatnonzero(positive).tolist())
+    return MinNormResult(torch.from_numpy(w), max(value, 0.0), residual, support)
 
 
 def _min_norm_two(G: torch.Tensor | np.ndarray) -> MinNormResult:
@@ -136,16 +155,16 @@ def _min_norm_two(G: torch.Tensor | np.ndarray) -> MinNormResult:
     if isinstance(G, torch.Tensor):
         if not G.dtype.is_floating_point:
             raise TypeError(f"G must be a real floating-point tensor, got dtype {G.dtype}")
-        (a, c), (c2, b) = G.detach().tolist()
+        (a, c), (c2, b) = G.tolist()
     elif isinstance(G, np.ndarray):
-        (a, c), (c2, b) = np.asarray(G, dtype=np.float64).tolist()
+        (a, c), (c2, b) = G.astype(np.float64, copy=False).tolist()
     else:
         raise TypeError(f"G must be a torch.Tensor or numpy.ndarray, got {type(G).__name__}")
-    if not all(math.isfinite(x) for x in (a, b, c, c2)):
+    if not math.isfinite(a + b + c + c2) and not all(map(math.isfinite, (a, b, c, c2))):
         raise ValueError("G contains NaN or inf: a gradient was not finite; check the losses")
-    scale = max(a, b)
-    tol = GRAM_TOL * max(scale, 0.0)
-    if min(a, b) < -tol or (scale <= 0.0 and (c != 0.0 or c2 != 0.0)):
+    scale = a if a > b else b
+    tol = GRAM_TOL * scale if scale > 0.0 else 0.0
+    if (a if a < b else b) < -tol or (scale <= 0.0 and (c != 0.0 or c2 != 0.0)):
         raise ValueError("G has a negative diagonal entry: it is not a Gram matrix (G = J Jᵀ)")
     if abs(c - c2) > tol:
         raise ValueError("G is not symmetric: pass the Gram matrix J Jᵀ (symmetrise it if needed)")
@@ -162,13 +181,12 @@ def _min_norm_two(G: torch.Tensor | np.ndarray) -> MinNormResult:
     w2 = 1.0 - w1
     g1, g2 = a * w1 + c * w2, c * w1 + b * w2
     value = w1 * g1 + w2 * g2
-    gaps = [g - value for g, w in ((g1, w1), (g2, w2))]
-    residual = max(0.0, -min(gaps), *(abs(g) for g, w in zip(gaps, (w1, w2), strict=True) if w > 0))
+    gap1, gap2 = g1 - value, g2 - value
+    residual = max(0.0, -gap1, -gap2, abs(gap1) if w1 > 0 else 0.0, abs(gap2) if w2 > 0 else 0.0)
+    support = (0, 1) if w1 > 0 and w2 > 0 else ((0,) if w1 > 0 else (1,))
+    weights = torch.from_numpy(np.array((w1, w2)))  # faster than torch.tensor([w1, w2])
     return MinNormResult(
-        torch.from_numpy(np.array([w1, w2])),
-        max(value, 0.0),
-        residual / scale if scale > 0.0 else 0.0,
-        tuple(i for i, w in enumerate((w1, w2)) if w > 0),
+        weights, value if value > 0.0 else 0.0, residual / scale if scale > 0.0 else 0.0, support
     )
 
 
@@ -180,24 +198,29 @@ def _two(a: float, b: float, c: float) -> float:
 
 
 def _factor(An: np.ndarray) -> np.ndarray:
-    """A factor R (rank × k) with RᵀR ≈ An, by pivoted Cholesky (LAPACK ``dpstrf``).
+    """The matrix [R; 1ᵀ] of the NNLS below, with R (rank × k) and RᵀR ≈ An by pivoted Cholesky
+    (LAPACK ``dpstrf``).
 
     dpstrf stops once the largest remaining pivot is below its tolerance. Continuing into a Schur
     complement that holds only rounding noise divides noise by noise, so the tolerance is raised
     step by step until the factor reproduces G. What no factor explains is G's distance from the
-    PSD cone: large means G was indefinite, not a Gram matrix.
+    PSD cone: large means G was indefinite, not a Gram matrix. A full-rank factor needs no check:
+    Cholesky is backward stable, and an indefinite matrix always stops early on a negative pivot.
     """
     k = An.shape[0]
-    best_err, best = np.inf, np.zeros((0, k))
+    best_err, best = np.inf, np.ones((1, k))
     for tol in (k * np.finfo(np.float64).eps, 1e-10, 1e-7):
         c, piv, rank, info = dpstrf(An, tol=tol, lower=0)
         if info < 0:
             raise ValueError(f"G could not be factorised (LAPACK dpstrf info={info})")
-        R = np.empty((rank, k))
-        R[:, piv - 1] = np.triu(c[:rank])
+        M = np.ones((rank + 1, k))
+        M[:rank, piv - 1] = c[:rank] * _upper(k)[:rank]  # dpstrf leaves the lower part as it was
+        if rank == k:
+            return M
+        R = M[:rank]
         err = float(np.abs(An - R.T @ R).max())
         if err < best_err:
-            best_err, best = err, R
+            best_err, best = err, M
         if err <= 1e-9:
             break
     if best_err > GRAM_TOL:
@@ -205,11 +228,20 @@ def _factor(An: np.ndarray) -> np.ndarray:
     return best
 
 
+@functools.cache
+def _upper(k: int) -> np.ndarray:
+    return np.triu(np.ones((k, k)))
+
+
 def _nnls(An: np.ndarray) -> np.ndarray:
-    R = _factor(An)
-    k = An.shape[0]
-    M = np.vstack([R, np.ones((1, k))])
+    M = _factor(An)
     rhs = np.zeros(M.shape[0])
     rhs[-1] = 1.0
-    u, _ = nnls(M, rhs, maxiter=50 * k)
+    k = An.shape[0]
+    if _NNLS_CORE is not None:
+        u, _, info = _NNLS_CORE(M, rhs, 50 * k)
+        if info == 3:
+            raise RuntimeError("NNLS did not converge in 50 k iterations")
+    else:
+        u, _ = nnls(M, rhs, maxiter=50 * k)
     return u / u.sum()
