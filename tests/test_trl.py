@@ -340,6 +340,25 @@ def test_max_grad_norm_clips_the_combined_direction(tmp_path):
     torch.testing.assert_close(record.grads[0].norm().item(), 1e-3, rtol=1e-5, atol=0)
 
 
+def test_checkpoint_resume_continues_exactly(tmp_path):
+    """TRL's checkpoint holds MOGD's state (inner AdamW + MOGD's own entry); resuming from step 1
+    reproduces step 2 of an uninterrupted run: the same weights and the same parameters."""
+    names = [length_reward, positive_reward]
+    full, full_record = make_trainer(
+        tmp_path / "full", names, steps=2, config={"save_strategy": "steps", "save_steps": 1}
+    )
+    full.train()
+    checkpoint = tmp_path / "full" / "checkpoint-1"
+    saved = torch.load(checkpoint / "optimizer.pt", weights_only=False)
+    assert "mogd" in saved  # MOGD's own entry beside the inner optimizer's state
+    resumed, resumed_record = make_trainer(tmp_path / "resumed", names, steps=2)
+    resumed.train(resume_from_checkpoint=str(checkpoint))
+    assert len(resumed_record.infos) == 1
+    torch.testing.assert_close(resumed_record.infos[0].weights, full_record.infos[1].weights)
+    for p, q in zip(resumed.model.parameters(), full.model.parameters(), strict=True):
+        torch.testing.assert_close(p, q, rtol=0, atol=0)
+
+
 # -- arguments ------------------------------------------------------------------------------------
 
 
