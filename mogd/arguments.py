@@ -13,7 +13,7 @@ import torch
 
 from mogd.distributed import is_sharded
 
-__all__ = ["check_choice", "check_losses", "check_max_norm", "resolve_probe"]
+__all__ = ["check_choice", "check_losses", "check_max_norm", "check_objective", "resolve_probe"]
 
 
 def check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
@@ -34,6 +34,20 @@ def check_max_norm(max_norm: Any) -> float | None:
             f"max_norm must be a finite number > 0 (or None: no clipping), got {max_norm!r}"
         )
     return float(max_norm)
+
+
+def check_objective(i: Any, k: int | None, probe_mode: bool) -> None:
+    """An objective index for ``opt.objective(i)``: an int in 0..k-1 (k: fixed by the first step)."""
+    if probe_mode:
+        raise ValueError(
+            "probe mode computes the per-objective gradients itself: call "
+            "opt.step([loss_0, ..., loss_k-1]) instead of opt.objective(i)"
+        )
+    if isinstance(i, bool) or not isinstance(i, int):
+        raise TypeError(f"objective index must be an int in 0..k-1, got {i!r}")
+    if i < 0 or (k is not None and i >= k):
+        bound = f"0..{k - 1}" if k is not None else "0, 1, ..."
+        raise ValueError(f"objective index {i} is out of range: objectives are {bound}")
 
 
 def check_losses(losses: Any, k: int | None) -> list[torch.Tensor]:

@@ -158,3 +158,26 @@ class Probe:
             None if g is None else average_into_shard(g, p)
             for g, p in zip(grads, self.params, strict=True)
         ]
+
+    def collect(self, losses: Sequence[torch.Tensor], bank: GradientBank) -> None:
+        """Row i of ``bank`` = the probe's gradient of losses[i]."""
+        with torch.no_grad():
+            for i in range(len(losses)):
+                bank.ensure_row(i)
+        for i, loss in enumerate(losses):
+            bank.store(i, self.gradients(loss))
+
+    @staticmethod
+    def weighted_backward(weights: Sequence[Any], losses: Sequence[torch.Tensor]) -> None:
+        """ONE backward of Σ_i w_i L_i through the whole model (zero Python weights left out)."""
+        terms = [
+            (w.to(loss.dtype) if isinstance(w, torch.Tensor) else w) * loss
+            for w, loss in zip(weights, losses, strict=True)
+            if isinstance(w, torch.Tensor) or w
+        ]
+        if terms:
+            with torch.enable_grad():
+                total = terms[0]
+                for term in terms[1:]:
+                    total = total + term
+            total.backward()

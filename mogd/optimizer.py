@@ -36,7 +36,7 @@ from mogd import amp, arguments, distributed
 from mogd.bank import GradientBank
 from mogd.collect import Collector, Probe
 from mogd.ops import combine, gram
-from mogd.step_info import StepInfo
+from mogd.step_info import StepInfo, skip_message
 from mogd.weighting import GAPO, Weighting, WeightingResult
 from mogd.wrapper import WrappedOptimizer
 
@@ -189,16 +189,7 @@ class MOGD(WrappedOptimizer):
         Calling it again for the same i before :meth:`step` accumulates (micro-batches). Objectives
         are numbered 0..k-1; k is fixed by the first step.
         """
-        if self._probe is not None:
-            raise ValueError(
-                "probe mode computes the per-objective gradients itself: call "
-                "opt.step([loss_0, ..., loss_k-1]) instead of opt.objective(i)"
-            )
-        if isinstance(i, bool) or not isinstance(i, int):
-            raise TypeError(f"objective index must be an int in 0..k-1, got {i!r}")
-        if i < 0 or (self._k is not None and i >= self._k):
-            bound = f"0..{self._k - 1}" if self._k is not None else "0, 1, ..."
-            raise ValueError(f"objective index {i} is out of range: objectives are {bound}")
+        arguments.check_objective(i, self._k, probe_mode=self._probe is not None)
         bank = self._full_bank()
         self._collector.enter(i, bank)
         try:
@@ -237,13 +228,11 @@ class MOGD(WrappedOptimizer):
                 loss.backward(retain_graph=i < len(checked) - 1)
 
     def _probe_backward(self, losses: list[torch.Tensor], scale: torch.Tensor | None) -> None:
+        """Probe mode's collect, Gram, weights and combine: the combine is ONE backward of
+        Σ_i w_i L_i (paper App. B)."""
         assert self._probe is not None
         bank, topology = self._probe_bank(), self._ensure_topology()
-        with torch.no_grad():
-            for i in range(len(losses)):
-                bank.ensure_row(i)
-        for i, loss in enumerate(losses):
-            bank.store(i, self._probe.gradients(loss))
+        self._probe.collect(losses, bank)
         topology.sum_bank_(bank.all_tensors())
         with record_function("mogd.gram"):
             divisor = topology.world_size * (1.0 if scale is None else scale.to(torch.float64))
@@ -251,22 +240,15 @@ class MOGD(WrappedOptimizer):
         with record_function("mogd.weights"):
             result, bad = self._solve(G)
         bank.reset()
-        weights = result.weights
         if self._on_host(G):
-            # zero weights (and those of a skipped step, unless a GradScaler must see it) are left
-            # out rather than multiplied, not multiplied: 0 · (an Inf outside the probe) is NaN
+            # zero weights (all of a skipped step, unless a GradScaler must see it) are left out
+            # rather than multiplied: 0 · (an Inf outside the probe) is NaN
             skip = bool(bad) and scale is None
-            pairs = [
-                (w, x) for w, x in zip(weights.tolist(), losses, strict=True) if w and not skip
-            ]
+            weights: list[Any] = [0.0 if skip else w for w in result.weights.tolist()]
         else:  # NaN weights on a bad probe: the final gradient shows it (to a GradScaler too)
-            weights = torch.where(bad, math.nan, weights)
-            pairs = [(w.to(loss.dtype), loss) for w, loss in zip(weights, losses, strict=True)]
-        with record_function("mogd.combine"), torch.enable_grad():
-            if pairs:
-                total = sum((w * loss for w, loss in pairs[1:]), pairs[0][0] * pairs[0][1])
-                assert isinstance(total, torch.Tensor)
-                total.backward()
+            weights = list(torch.where(bad, math.nan, result.weights))
+        with record_function("mogd.combine"):
+            self._probe.weighted_backward(weights, losses)
         self._probed = {"G": G, "result": result, "bad": bad}
 
     # -- the step ----------------------------------------------------------------------------------
@@ -320,12 +302,8 @@ class MOGD(WrappedOptimizer):
         with record_function("mogd.combine"), torch.no_grad():
             final = torch.where(bad, 0.0, weights * coef / divisor)
             for matrix, row0 in zip(bank.matrices(), bank.row_tensors(0), strict=True):
-                combine(
-                    matrix,
-                    final,
-                    out=row0 if isinstance(matrix, torch.Tensor) else [row0],
-                    check=False,
-                )
+                out = row0 if isinstance(matrix, torch.Tensor) else [row0]
+                combine(matrix, final, out=out, check=False)
         self._collector.point_at_direction(bank)
         return self._inner_step(G, result, bad, norm)
 
@@ -366,15 +344,13 @@ class MOGD(WrappedOptimizer):
         bad = ~torch.isfinite(G).all()
         if scaler_inf is not None:
             bad = bad | (scaler_inf.to(bad.device) > 0)
-        if self._on_host(G):
-            if bad.item():
-                k = G.shape[0]
-                return WeightingResult(
-                    torch.full((k,), math.nan, dtype=torch.float64), None, None
-                ), bad
-            return self.weighting.solve(G.cpu()), bad
-        result = self.weighting.solve_tensor(torch.where(torch.isfinite(G), G, 0.0))
-        return result, bad
+        if not self._on_host(G):
+            return self.weighting.solve_tensor(torch.where(torch.isfinite(G), G, 0.0)), bad
+        if bad.item():
+            return WeightingResult(
+                torch.full(G.shape[:1], math.nan, dtype=G.dtype), None, None
+            ), bad
+        return self.weighting.solve(G.cpu()), bad
 
     def _clip_coef(self, norm: torch.Tensor) -> torch.Tensor:
         """min(1, max_norm / (‖d‖ + 1e-6)), the factor clip_grad_norm_ applies (1 without max_norm)."""
@@ -488,13 +464,6 @@ class MOGD(WrappedOptimizer):
         )
         return self.last_info
 
-    @staticmethod
-    def _nonfinite_rows(G: torch.Tensor) -> list[int]:
-        """Objectives whose gradient holds NaN/Inf, read off the Gram (G_ii is then non-finite)."""
-        finite = torch.isfinite(G.cpu())
-        diag = [i for i in range(G.shape[0]) if not bool(finite[i, i])]
-        return diag or [i for i in range(G.shape[0]) if not bool(finite[i].all())]
-
     def _skip(self, G: torch.Tensor, result: WeightingResult) -> StepInfo:
         """A skip decided on the host: no inner step, ``.grad`` cleared, warn or raise."""
         for p in self._trainable():
@@ -503,9 +472,7 @@ class MOGD(WrappedOptimizer):
         scaler_inf = getattr(self, "found_inf", None)
         if scaler_inf is not None and float(scaler_inf) > 0:
             return info  # the GradScaler's own skip: it backs off and tells the caller
-        bad = self._nonfinite_rows(G)
-        where = "objective(s) " + ", ".join(map(str, bad)) if bad else "the combined gradient"
-        message = f"non-finite gradient (NaN/Inf) in {where} at MOGD step {int(self._steps)}"
+        message = skip_message(G, int(self._steps))
         if self.nonfinite == "raise":
             raise FloatingPointError(message)
         warnings.warn(

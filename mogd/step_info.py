@@ -7,7 +7,18 @@ from typing import Any
 
 import torch
 
-__all__ = ["StepInfo"]
+__all__ = ["StepInfo", "skip_message"]
+
+
+def skip_message(G: torch.Tensor, step: int) -> str:
+    """Why a step was skipped: the objectives whose gradient holds NaN/Inf (read off the Gram, whose
+    G_ii is then non-finite), or the combined gradient when the Gram is finite (probe mode)."""
+    finite = torch.isfinite(G.cpu())
+    k = G.shape[0]
+    bad = [i for i in range(k) if not bool(finite[i, i])]
+    bad = bad or [i for i in range(k) if not bool(finite[i].all())]
+    where = "objective(s) " + ", ".join(map(str, bad)) if bad else "the combined gradient"
+    return f"non-finite gradient (NaN/Inf) in {where} at MOGD step {step}"
 
 
 class StepInfo:
