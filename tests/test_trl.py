@@ -359,6 +359,42 @@ def test_checkpoint_resume_continues_exactly(tmp_path):
         torch.testing.assert_close(p, q, rtol=0, atol=0)
 
 
+def test_adaptive_entropy_controller_moves_once_per_step(tmp_path):
+    """TRL's adaptive entropy controller sees the k per-objective losses of a micro-batch as TRL's
+    one loss: it moves by one delta per optimizer step, as in stock GRPO on the same completions."""
+    if "use_adaptive_entropy" not in trl.GRPOConfig.__dataclass_fields__:
+        pytest.skip("this TRL has no adaptive entropy control")
+    config = {
+        "use_adaptive_entropy": True,
+        "entropy_coef": 0.01,
+        "entropy_coef_delta": 0.005,
+        "entropy_target": 100.0,  # above any entropy here: the coefficient rises every step
+    }
+    common = {"steps": 1, "accumulation": 2, "config": config}
+    stock, _ = make_trainer(tmp_path / "stock", [length_reward], cls=trl.GRPOTrainer, **common)
+    stock.train()
+    ours, _ = make_trainer(tmp_path / "ours", [length_reward, positive_reward], **common)
+    ours.train()
+    assert stock.entropy_coef == pytest.approx(0.015)
+    assert ours.entropy_coef == pytest.approx(stock.entropy_coef)
+    assert ours._last_world_entropy == pytest.approx(stock._last_world_entropy, rel=1e-6)
+
+
+def test_lora_adapters_are_the_objectives_parameters(tmp_path):
+    """With a peft LoraConfig only the adapters train: MOGD's gradients are theirs, and the KL
+    reference is the base model with the adapters off (TRL's own arrangement)."""
+    peft = pytest.importorskip("peft")
+    lora = peft.LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"])
+    trainer, _ = make_trainer(
+        tmp_path, [length_reward, positive_reward], steps=2, peft_config=lora, config={"beta": 0.1}
+    )
+    before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+    trainer.train()
+    moved = {n for n, p in trainer.model.named_parameters() if not torch.equal(p, before[n])}
+    assert moved and all("lora_" in n for n in moved)
+    assert all(math.isfinite(w) for w in logged(trainer, "mogd/weight/length_reward"))
+
+
 # -- arguments ------------------------------------------------------------------------------------
 
 
