@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import torch
@@ -36,6 +36,7 @@ from torch import nn
 __all__ = [
     "PRECISIONS",
     "autocast",
+    "clip_grad_norm_",
     "compute_dtype",
     "decoder_layers",
     "ensure_process_group",
@@ -141,6 +142,29 @@ def shard_trunks(model: nn.Module, precision: str, device: str | torch.device) -
             if not hasattr(tensor, "device_mesh"):  # not a DTensor shard
                 tensor.data = tensor.data.to(device)
     return bool(trunks)
+
+
+def clip_grad_norm_(params: Iterable[torch.Tensor], max_norm: float) -> float:
+    """``torch.nn.utils.clip_grad_norm_`` over a model whose gradients are partly DTensor shards
+    (FSDP2 trunks) and partly replicated tensors (heads): the global L2 norm of both, every
+    gradient scaled by min(1, max_norm / (norm + 1e-6)). Returns the norm before clipping."""
+    grads = [p.grad for p in params if p.grad is not None]
+    squares = []
+    for part in (
+        [g for g in grads if hasattr(g, "device_mesh")],
+        [g for g in grads if not hasattr(g, "device_mesh")],
+    ):
+        if part:
+            norm = torch.nn.utils.get_total_norm(part)
+            full = norm.full_tensor() if hasattr(norm, "full_tensor") else norm
+            squares.append(float(full) ** 2)
+    total = sum(squares) ** 0.5
+    scale = min(1.0, max_norm / (total + 1e-6))
+    if scale < 1.0:
+        with torch.no_grad():
+            for g in grads:
+                g.mul_(scale)
+    return total
 
 
 def is_sharded_model(model: nn.Module) -> bool:

@@ -19,6 +19,7 @@ from transformers import MistralConfig, MistralForCausalLM
 
 import mogd
 from integrations import sharding
+from integrations.accumulate import accumulate_objectives, split
 
 WORLD = 2
 LR = 1e-6
@@ -49,14 +50,25 @@ def losses_of(model, ids):
     return [-logp[..., 3].mean(), -logp[..., 5].mean()]
 
 
-def train(model, ids, steps, lr, precision="fp32", sharded=False):
-    opt = mogd.MOGD(torch.optim.AdamW(model.parameters(), lr=lr), mogd.GAPO(p=1))
+def train(model, ids, steps, lr, precision="fp32", sharded=False, probe=False, micro=None):
+    """MOGD(AdamW) steps on the mean losses of ``ids``; ``micro``: accumulate each objective's
+    gradient over micro-batches of that many sequences (integrations/accumulate.py)."""
+    opt = mogd.MOGD(
+        torch.optim.AdamW(model.parameters(), lr=lr),
+        mogd.GAPO(p=1),
+        probe=model.lm_head if probe else None,
+    )
+    mask = torch.ones(ids.shape)  # every position counts: the chunks weigh by sequences
     weights = []
     for _ in range(steps):
         opt.zero_grad()
-        with sharding.autocast(precision, "cpu", sharded):
-            losses = losses_of(model, ids)
-        weights.append(opt.step(losses).weights)
+
+        def losses(chunk):
+            with sharding.autocast(precision, "cpu", sharded):
+                return losses_of(model, ids[chunk.rows])
+
+        chunks = split(torch.arange(len(ids)), mask, micro)
+        weights.append(accumulate_objectives(opt, chunks, losses, probe=probe).weights)
     return torch.stack(weights)
 
 
@@ -166,6 +178,14 @@ def worker(rank, port, out):
     res["weights_after"] = train(model, ids, steps=1, lr=1e-2, sharded=True)
     res["params_after"] = {n: p.full_tensor() for n, p in model.named_parameters()}
 
+    # probe mode (the LM head's gradients under FSDP2), and accumulation over micro-batches
+    model = sharding.shard_model(make_model(), "fp32")
+    res["probe"] = train(model, ids, steps=2, lr=1e-2, sharded=True, probe=True)
+    res["probe_params"] = {n: p.full_tensor() for n, p in model.named_parameters()}
+    model = sharding.shard_model(make_model(), "fp32")
+    res["micro"] = train(model, ids, steps=2, lr=1e-2, sharded=True, micro=1)
+    res["micro_params"] = {n: p.full_tensor() for n, p in model.named_parameters()}
+
     model = make_model()
     before = snapshot(model)
     sharding.shard_model(model, "bf16")
@@ -201,6 +221,19 @@ def test_sharded_training_equals_one_process_on_the_concatenated_batch(ranks):
         torch.testing.assert_close(r["weights_after"], weights, rtol=0, atol=1e-6)
         for name, p in model.named_parameters():
             torch.testing.assert_close(r["params_after"][name], p.detach(), rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("mode", ["probe", "micro"])
+def test_probe_mode_and_accumulation_under_fsdp2_equal_one_process(ranks, mode):
+    """Probe mode: weights from the LM head's per-objective gradients, one weighted backward;
+    micro: each rank accumulates its 2 sequences one at a time. Against one process on all 4
+    sequences in one forward."""
+    model = make_model()
+    weights = train(model, batch(), steps=2, lr=1e-2, probe=mode == "probe")
+    for r in ranks:
+        torch.testing.assert_close(r[mode], weights, rtol=0, atol=1e-6)
+        for name, p in model.named_parameters():
+            torch.testing.assert_close(r[f"{mode}_params"][name], p.detach(), rtol=0, atol=1e-5)
 
 
 def test_generation_gathers_each_unit_once_and_matches_the_unsharded_model(ranks):
