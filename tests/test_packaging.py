@@ -7,6 +7,7 @@ checkout) and the wheel's file list and entry points are checked against the che
 from __future__ import annotations
 
 import ast
+import json
 import shutil
 import subprocess
 import sys
@@ -59,3 +60,36 @@ def test_wheel_ships_the_pipeline_and_its_script(tmp_path):
     # no top-level `integrations` or `kernels` package: those names belong to the mogd namespace
     assert not any(n.startswith(("integrations/", "kernels/")) for n in names)
     assert "mogd-rlhf = mogd.integrations.cli:main" in entry_points
+
+
+@pytest.mark.slow
+def test_scripts_run_from_any_directory(tmp_path):
+    # `python integrations/rlhf_mistral.py` puts integrations/ first on sys.path, where trl.py would
+    # shadow TRL; the script entry imports the package from the checkout instead
+    script = ROOT / "integrations" / "rlhf_mistral.py"
+    argv = [sys.executable, str(script), "--preset", "mistral-7b", "--dry-run", "--json"]
+    done = subprocess.run(argv, cwd=tmp_path, capture_output=True, text=True, check=True)
+    report = json.loads(done.stdout)
+    assert report["config"]["lr"] == 1e-6 and report["plan"]["policy"]["parameters"] > 7e9
+    # after the script's entry code, `import trl` (transformers and peft probe for it) must not
+    # find integrations/trl.py: run the script as Python would, then look where trl resolves
+    probe = (
+        "import importlib.util, runpy, sys\n"
+        "sys.path[0] = sys.argv[1]\n"  # what `python integrations/rlhf_mistral.py` does
+        "sys.argv = [sys.argv[2], '--dry-run', '--json']\n"
+        "try:\n"
+        "    runpy.run_path(sys.argv[0], run_name='__main__')\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        "spec = importlib.util.find_spec('trl')\n"
+        "print('TRL', spec.origin if spec else None)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe, str(script.parent), str(script)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    origin = done.stdout.rsplit("TRL ", 1)[1].strip()
+    assert origin == "None" or "integrations" not in origin, origin
