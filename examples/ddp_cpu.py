@@ -2,13 +2,14 @@
 
     torchrun --nproc_per_node=2 examples/ddp_cpu.py              # CPU, gloo, DDP
     torchrun --nproc_per_node=2 examples/ddp_cpu.py --fsdp       # CPU, gloo, FSDP2 fully_shard
+    torchrun --nproc_per_node=2 examples/ddp_cpu.py --fsdp --probe   # probe mode on the last layer
     torchrun --nproc_per_node=8 examples/ddp_cpu.py              # the same on 8 GPUs (nccl)
     torchrun --nnodes=2 --nproc_per_node=8 --rdzv-endpoint=HOST:29500 examples/ddp_cpu.py
 
 Nothing MOGD-specific is needed for the distributed part: MOGD finds the DDP module that owns the
 parameters (and takes over its gradient all-reduce: one bucketed all-reduce of the k per-objective
 gradients per step) or sees DTensor parameters (one all-reduce of the k×k Gram per step). Every rank
-gets the same weights; rank 0 prints them.
+gets the same weights and clips the same global direction (max_norm); rank 0 prints them.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ import mogd
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--fsdp", action="store_true", help="shard with FSDP2 fully_shard")
+    parser.add_argument("--probe", action="store_true", help="weights from the last layer only")
+    parser.add_argument("--max-norm", type=float, default=1.0, help="clip d to this global norm")
     parser.add_argument("--steps", type=int, default=20)
     args = parser.parse_args()
 
@@ -55,7 +58,13 @@ def main() -> None:
         model = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[local_rank] if cuda else None
         )
-    opt = mogd.MOGD(torch.optim.AdamW(model.parameters(), lr=3e-3), mogd.GAPO(p=1))
+    head = model[-1] if args.fsdp else model.module[-1]
+    opt = mogd.MOGD(
+        torch.optim.AdamW(model.parameters(), lr=3e-3),
+        mogd.GAPO(p=1),
+        probe=head if args.probe else None,
+        max_norm=args.max_norm,
+    )
     if rank == 0:
         print(opt)
 
@@ -77,7 +86,7 @@ def main() -> None:
             print(
                 f"step {step:3d}  world {world}  losses {[round(v.item(), 4) for v in losses_now]}  "
                 f"weights a={logs['weight/a']:.4f} b={logs['weight/b']:.4f}  "
-                f"cos(a,b)={logs['cosine/a/b']:+.3f}"
+                f"cos(a,b)={logs['cosine/a/b']:+.3f}  |d|={logs['direction_norm']:.4f}"
             )
     dist.destroy_process_group()
 
