@@ -12,13 +12,39 @@ from typing import Any
 import torch
 
 from mogd.distributed import is_sharded
+from mogd.weighting import Weighting
 
-__all__ = ["check_choice", "check_losses", "check_max_norm", "check_objective", "resolve_probe"]
+__all__ = [
+    "check_choice",
+    "check_losses",
+    "check_max_norm",
+    "check_not_closure",
+    "check_objective",
+    "check_weighting",
+    "resolve_probe",
+]
 
 
 def check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
     if value not in choices:
         raise ValueError(f"{name} must be one of {choices}, got {value!r}")
+
+
+def check_weighting(weighting: Any) -> Weighting:
+    if not isinstance(weighting, Weighting):
+        raise TypeError(
+            "weighting must be a mogd weighting (mogd.GAPO(p=1), mogd.PGAPO([...]), "
+            f"mogd.MGDA(), mogd.Linear([...])), got {type(weighting).__name__}"
+        )
+    return weighting
+
+
+def check_not_closure(losses: Any) -> None:
+    if callable(losses) and not isinstance(losses, torch.Tensor):
+        raise TypeError(
+            "MOGD.step takes the k losses (or nothing after opt.objective(i) backward passes), "
+            "not a closure"
+        )
 
 
 def check_max_norm(max_norm: Any) -> float | None:

@@ -236,10 +236,10 @@ def detect(params: Sequence[torch.Tensor], process_group: Any = None) -> Topolog
     return Topology("replicated", group, dist.get_world_size(group), ddp)
 
 
-def local_fallback(world_size: int) -> Topology:
+def local_fallback() -> Topology:
     """The topology when no DDP module or process group turned up by the first objective."""
     warnings.warn(
-        f"torch.distributed runs {world_size} processes but no DistributedDataParallel wraps the "
+        f"torch.distributed runs {dist.get_world_size()} processes but no DistributedDataParallel wraps the "
         "parameters and no process_group= was given: MOGD treats each rank's gradients as its own. "
         "Pass MOGD(..., process_group=group) for data parallelism without DDP.",
         RuntimeWarning,

@@ -14,10 +14,7 @@ Probe mode (paper App. B) collects the per-objective gradients of a small probe 
 head), and "combine" is ONE backward of Σ_i w_i L_i through the whole model; clipping then measures
 the final gradient. Both modes share the tail (steps 5–6).
 
-On CUDA nothing in a step reads a value back to the host: the weights are solved on the device
-(:meth:`Weighting.solve_tensor`), and a skip reaches the inner optimizer as a ``found_inf`` tensor, the
-way ``GradScaler`` skips fused optimizers. Inner optimizers without ``found_inf`` support (non-fused
-AdamW, SGD) and ``nonfinite="raise"`` need that one flag on the host: one synchronisation per step.
+On CUDA nothing in a step reads a value back to the host (see :class:`MOGD`, ``weights_on``).
 """
 
 from __future__ import annotations
@@ -96,12 +93,7 @@ class MOGD(WrappedOptimizer):
         weights_on: Literal["auto", "device", "host"] = "auto",
     ) -> None:
         super().__init__(inner)
-        weighting = GAPO(p=1.0) if weighting is None else weighting
-        if not isinstance(weighting, Weighting):
-            raise TypeError(
-                "weighting must be a mogd weighting (mogd.GAPO(p=1), mogd.PGAPO([...]), "
-                f"mogd.MGDA(), mogd.Linear([...])), got {type(weighting).__name__}"
-            )
+        weighting = GAPO(p=1.0) if weighting is None else arguments.check_weighting(weighting)
         arguments.check_choice("nonfinite", nonfinite, ("skip", "raise"))
         arguments.check_choice("weights_on", weights_on, ("auto", "device", "host"))
         self.weighting, self.nonfinite, self.weights_on = weighting, nonfinite, weights_on
@@ -260,11 +252,7 @@ class MOGD(WrappedOptimizer):
             losses: the k scalar losses (one shared graph or several). When None, the gradients of
                 the ``opt.objective(i)`` / ``opt.backward(losses)`` passes since the last step.
         """
-        if callable(losses) and not isinstance(losses, torch.Tensor):
-            raise TypeError(
-                "MOGD.step takes the k losses (or nothing after opt.objective(i) backward passes), "
-                "not a closure"
-            )
+        arguments.check_not_closure(losses)
         try:
             return self._step(losses)
         except BaseException:
@@ -311,9 +299,7 @@ class MOGD(WrappedOptimizer):
         """Probe mode after the weighted backward: unscale, measure, clip, step."""
         if self._probed is None:
             raise ValueError(
-                "probe mode needs the losses: opt.step([loss_0, ..., loss_k-1]) or "
-                "opt.backward([...]) first (each objective's gradient is taken on the probe, then one "
-                "backward of Σ w_i L_i runs)"
+                "probe mode needs the losses: opt.step([loss_0, ..., loss_k-1]) or opt.backward([...])"
             )
         G, result, bad = self._probed["G"], self._probed["result"], self._probed["bad"]
         self._probed = None
@@ -362,8 +348,10 @@ class MOGD(WrappedOptimizer):
     def _inner_step(
         self, G: torch.Tensor, result: WeightingResult, bad: torch.Tensor, norm: torch.Tensor
     ) -> StepInfo:
-        """Step the inner optimizer; a skip still undecided on the host goes in as ``found_inf``."""
-        decided = self._on_host(G) or not self._skips_on_device()
+        """Step the inner optimizer. A skip goes in undecided, as ``found_inf``, to an optimizer that
+        takes it (fused Adam/AdamW/SGD) unless ``nonfinite="raise"`` needs the flag on the host."""
+        takes_found_inf = getattr(self.inner, "_step_supports_amp_scaling", False)
+        decided = self._on_host(G) or self.nonfinite == "raise" or not takes_found_inf
         if decided and bad.item():
             return self._skip(G, result)
         with record_function("mogd.inner_step"):
@@ -387,13 +375,6 @@ class MOGD(WrappedOptimizer):
             self._last_weights = torch.where(bad, last, weights)
         return self._finish(G, result, bad if not decided else False, norm)
 
-    def _skips_on_device(self) -> bool:
-        """Whether the inner optimizer takes ``found_inf`` (fused Adam/AdamW/SGD) and no host
-        decision is required (``nonfinite="raise"`` needs one)."""
-        return self.nonfinite == "skip" and bool(
-            getattr(self.inner, "_step_supports_amp_scaling", False)
-        )
-
     def _on_host(self, G: torch.Tensor) -> bool:
         if self.weights_on == "auto":
             return G.device.type != "cuda"
@@ -415,10 +396,7 @@ class MOGD(WrappedOptimizer):
         if self._topology is None:
             # Wrapped after MOGD was built (accelerate.prepare): look again, once.
             found = distributed.detect(self._trainable(), self.process_group)
-            if found is None:
-                import torch.distributed as dist
-
-                found = distributed.local_fallback(dist.get_world_size())
+            found = distributed.local_fallback() if found is None else found
             found.adopt(full_mode=self._probe is None)
             self._topology = found
         return self._topology
