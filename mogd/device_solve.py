@@ -18,14 +18,13 @@ clipped to the simplex, and the one with the smallest KKT residual wins. Singula
 or dependent gradients) give non-finite or infeasible solutions and lose. The winner's KKT residual is
 the certificate the host solver (:func:`mogd.min_norm`) reports: the same formula, the same scale.
 
-The batch has 2^k − 1 systems, so this serves k ≤ ``MAX_DEVICE_K`` (255 systems of 9×9 at k = 8:
+k = 2 needs no linear algebra: the closed form, elementwise. The batch has 2^k − 1 systems, so the
+enumeration serves k ≤ ``MAX_DEVICE_K`` (255 systems of 9×9 at k = 8:
 one small batched solve). Beyond, :func:`min_norm_masked` copies G to the host and runs the exact host
 solver: one synchronisation per step, a documented cost of many objectives.
 """
 
 from __future__ import annotations
-
-import itertools
 
 import torch
 
@@ -37,9 +36,20 @@ MAX_DEVICE_K = 8
 
 
 def _supports(k: int, device: torch.device) -> torch.Tensor:
-    """All non-empty subsets of range(k) as a [2^k − 1, k] float64 0/1 matrix."""
-    rows = [[float(x) for x in bits] for bits in itertools.product((0, 1), repeat=k) if any(bits)]
-    return torch.tensor(rows, dtype=torch.float64, device=device)
+    """All non-empty subsets of range(k) as a [2^k − 1, k] float64 0/1 matrix: the bits of 1..2^k−1,
+    made on the device (a tensor built on the host would be a synchronous copy every step)."""
+    codes = torch.arange(1, 2**k, device=device)[:, None]
+    return ((codes >> torch.arange(k, device=device)) & 1).to(torch.float64)
+
+
+def _closed_form_two(Gm: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """k = 2: w_1 = clip((G_22 − G_12) / (G_11 + G_22 − 2 G_12), 0, 1) (½ when g_1 = g_2; the one
+    allowed objective when the mask allows one), as a [1, 2] candidate."""
+    a, b, c = Gm[0, 0], Gm[1, 1], Gm[0, 1]
+    denom = a + b - 2.0 * c
+    t = torch.where(denom > 0, ((b - c) / torch.where(denom > 0, denom, 1.0)).clamp(0.0, 1.0), 0.5)
+    t = torch.where(mask[0] & ~mask[1], 1.0, torch.where(mask[1] & ~mask[0], 0.0, t))
+    return torch.stack([t, 1.0 - t])[None]
 
 
 def kkt_residual_tensor(G: torch.Tensor, w: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -75,6 +85,9 @@ def min_norm_masked(G: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, 
     maskf = mask.to(torch.float64)
     scale = (G.diagonal() * maskf).amax().clamp_min(torch.finfo(torch.float64).tiny)
     Gm = G * (maskf[:, None] * maskf[None, :]) / scale
+    if k == 2:
+        w = _closed_form_two(Gm, mask)
+        return _best(Gm, w, mask, torch.ones(1, dtype=torch.bool, device=G.device))
     S = _supports(k, G.device)  # [m, k]
     m = S.shape[0]
     M = torch.zeros(m, k + 1, k + 1, dtype=torch.float64, device=G.device)
@@ -91,6 +104,13 @@ def min_norm_masked(G: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, 
     total = w.sum(-1, keepdim=True)
     usable &= total[:, 0] > 0
     w = w / torch.where(total > 0, total, torch.ones_like(total))
+    return _best(Gm, w, mask, usable)
+
+
+def _best(
+    Gm: torch.Tensor, w: torch.Tensor, mask: torch.Tensor, usable: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The usable candidate (row of w) with the smallest KKT residual, and that residual."""
     residual = kkt_residual_tensor(Gm, w, mask)
     residual = torch.where(usable, residual, torch.full_like(residual, torch.inf))
     best = residual.argmin().reshape(1)  # index_select, not w[best]: that reads best on the host
