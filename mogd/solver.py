@@ -80,10 +80,9 @@ def as_gram(G: torch.Tensor | np.ndarray) -> np.ndarray:
     tol = GRAM_TOL * max(scale, 0.0)
     if float(diag.min()) < -tol or (scale <= 0.0 and np.abs(A).max() > 0.0):
         raise ValueError("G has a negative diagonal entry: it is not a Gram matrix (G = J Jᵀ)")
-    asym = A - A.T
-    if float(np.abs(asym).max()) > tol:
+    if float(np.abs(A - A.T).max()) > tol:
         raise ValueError("G is not symmetric: pass the Gram matrix J Jᵀ (symmetrise it if needed)")
-    return A - 0.5 * asym
+    return (A + A.T) * 0.5  # exactly symmetric
 
 
 def kkt_residual(G: np.ndarray, w: np.ndarray) -> float:
