@@ -204,11 +204,11 @@ class MOGD(WrappedOptimizer):
         checked = arguments.check_losses(losses, self._k)
         if self._k is None:
             self._set_k(len(checked))
+        scale = None if scaler is None else amp.loss_scale(scaler, checked[0].device)
         if scaler is not None:
-            scale = amp.loss_scale(scaler, checked[0].device)
-            checked = [loss * scale.to(loss.dtype) for loss in checked]
+            checked = [scaler.scale(loss) for loss in checked]
         if self._probe is not None:
-            self._probe_backward(checked, None if scaler is None else scale)
+            self._probe_backward(checked, scale)
             return
         if self._collector.pending:
             raise ValueError(
