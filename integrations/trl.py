@@ -99,6 +99,11 @@ class MOGDGRPOTrainer(trl.GRPOTrainer):
         weighting: the map Gram ↦ weights, default ``mogd.GAPO(p=1)``. Pass the class ``mogd.PGAPO``
             or ``mogd.Linear`` to build it from ``args.reward_weights`` (the P-GAPO preference λ, or
             the linear weights c); an instance must agree with ``reward_weights`` if both are given.
+        probe: the paper's memory saver (App. B): the weights come from the per-objective
+            gradients of this module only (a module of the model, or its name, e.g. ``"lm_head"``),
+            then ONE backward of Σ_j w_j L_j runs through the whole model. Each micro-batch is
+            weighted by its own probe Gram; the logs show the last one's. Default: full mode, k
+            backward passes into k full gradients.
         max_norm: clip the combined direction d to this global L2 norm (all ranks); default
             ``args.max_grad_norm``, and 0 or None switches clipping off. TRL's own clipping is off:
             it would clip one objective's gradient, not d.
@@ -114,9 +119,14 @@ class MOGDGRPOTrainer(trl.GRPOTrainer):
         self,
         *args: Any,
         weighting: mogd.Weighting | type[mogd.PGAPO] | type[mogd.Linear] | None = None,
+        probe: str | torch.nn.Module | None = None,
         max_norm: float | None = None,
         **kwargs: Any,
     ) -> None:
+        if probe is not None and not isinstance(probe, (str, torch.nn.Module)):
+            raise TypeError(
+                f"probe must be a module of the model or its name (e.g. 'lm_head'), got {probe!r}"
+            )
         for name in ("_clip_grad_norm", "_get_grad_norm"):
             if not callable(getattr(transformers.Trainer, name, None)):
                 raise ImportError(
@@ -131,7 +141,13 @@ class MOGDGRPOTrainer(trl.GRPOTrainer):
                 "optimizer step, so no per-objective gradient reaches MOGD. Shard with FSDP2 instead "
                 "(accelerate config: fsdp_version: 2), which MOGD supports exactly"
             )
+        if probe is not None and self.is_fsdp_enabled:
+            raise ValueError(
+                "probe= under FSDP through accelerate: accelerate replaces the parameters after the "
+                "optimizer is built, so the probe's would be stale; train in full mode (probe=None)"
+            )
         self.objective_names = _unique(self.reward_func_names)
+        self.probe = probe
         self.weighting = self._resolve_weighting(weighting)
         if max_norm is None:
             max_norm = self.args.max_grad_norm
@@ -206,7 +222,11 @@ class MOGDGRPOTrainer(trl.GRPOTrainer):
                 "optimizers= holds a mogd.MOGD; pass the plain optimizer (e.g. AdamW): the trainer "
                 "wraps it with its weighting= and max_norm="
             )
-        self.mogd_optimizer = mogd.MOGD(inner, self.weighting, max_norm=self.max_norm)
+        probe = self.probe
+        if isinstance(probe, str):
+            model = args[0] if args else kwargs.get("model")
+            probe = _find_module(self.model if model is None else model, probe)
+        self.mogd_optimizer = mogd.MOGD(inner, self.weighting, probe=probe, max_norm=self.max_norm)
         self.optimizer = self.mogd_optimizer
         return self.optimizer
 
@@ -268,12 +288,17 @@ class MOGDGRPOTrainer(trl.GRPOTrainer):
         columns = inputs["objective_advantages"]
         advantages = [columns[:, j] for j in range(columns.shape[1])]
         losses = self._objective_losses(model, inputs, advantages, num_items_in_batch)
+        mean = torch.stack([loss.detach() for loss in losses]).mean()
+        if self.probe is not None:
+            opt.backward(losses, scaler=self.accelerator.scaler)
+            # the one weighted backward has run: the Trainer's backward of this leaf reaches no
+            # parameter, and "loss" logs the mean over objectives
+            return mean.requires_grad_()
         for j, loss in enumerate(losses[:-1]):
             with opt.objective(j):
                 self.accelerator.backward(loss, retain_graph=True)
         self._last_objective.enter_context(opt.objective(len(losses) - 1))
         last = losses[-1]
-        mean = torch.stack([loss.detach() for loss in losses]).mean()
         # the value TRL logs as "loss" is the mean over objectives; the gradient is the last loss's
         return last + (mean - last).detach()
 
@@ -356,6 +381,23 @@ class _LogMOGDStep(transformers.TrainerCallback):
         if info is None:
             return
         self.trainer.record_step(info)
+
+
+def _find_module(model: Any, name: str) -> torch.nn.Module:
+    """The submodule called ``name``, or the only one whose dotted name ends with it (wrappers such
+    as peft's add prefixes)."""
+    if model is None:
+        raise ValueError(f"probe={name!r} needs the model to look it up in")
+    named = dict(model.named_modules())
+    if name in named:
+        return named[name]
+    matches = [m for n, m in named.items() if n.endswith("." + name)]
+    if len(matches) != 1:
+        found = "no module" if not matches else f"{len(matches)} modules"
+        raise ValueError(
+            f"probe={name!r}: the model has {found} of that name; pass the module itself"
+        )
+    return matches[0]
 
 
 def _unique(names: Sequence[str]) -> list[str]:

@@ -315,6 +315,38 @@ def test_objective_gradients_are_the_per_reward_grpo_gradients(tmp_path, loss_ty
     torch.testing.assert_close(record.grads[0], info.weights @ J, rtol=1e-4, atol=1e-7)
 
 
+def test_probe_mode_weights_from_the_lm_head_and_one_weighted_backward(tmp_path):
+    """probe="lm_head": the Gram is that of the per-reward GRPO gradients restricted to the LM
+    head, and the step's direction is Σ w_i g_i of the full per-reward gradients. That direction
+    comes from ONE backward of Σ w_i L_i, and TRL's float32 log-prob backward is linear only to
+    about 3e-3 on this model (the gradient of 0.7·L differs from 0.7 times that of L by that much:
+    the per-token terms cancel), so it is compared as a vector to 1e-2; a wrong or missing weight
+    is off by tens of percent."""
+    common = {"steps": 1, "sgd_lr": 0.1}
+    ours, record = make_trainer(
+        tmp_path / "ours", [length_reward, positive_reward], probe="lm_head", **common
+    )
+    ours.train()
+    singles = []
+    for i, reward in enumerate([length_reward, positive_reward]):
+        stock, stock_record = make_trainer(
+            tmp_path / f"stock{i}", [reward], cls=trl.GRPOTrainer, **common
+        )
+        stock.train()
+        singles.append(stock_record.grads[0])
+    J = torch.stack(singles)
+    start = 0
+    for name, p in ours.model.named_parameters():
+        if name == "lm_head.weight":
+            head = slice(start, start + p.numel())
+        start += p.numel()
+    info = record.infos[0]
+    assert (info.norms > 0).all()
+    torch.testing.assert_close(info.gram, J[:, head] @ J[:, head].T, rtol=1e-4, atol=1e-9)
+    expected = info.weights @ J
+    assert (record.grads[0] - expected).norm() <= 1e-2 * expected.norm()
+
+
 def test_zero_advantage_reward_gets_weight_zero_and_training_goes_on(tmp_path):
     trainer, _ = make_trainer(tmp_path, [length_reward, constant_reward], steps=2)
     before = [p.detach().clone() for p in trainer.model.parameters()]
@@ -428,6 +460,19 @@ def test_reward_weights_become_the_preference(tmp_path):
 def test_bad_weighting_arguments_are_refused(tmp_path, weighting, config, error, match):
     with pytest.raises(error, match=match):
         make_trainer(tmp_path, [length_reward, positive_reward], weighting=weighting, config=config)
+
+
+def test_bad_probe_arguments_are_refused(tmp_path):
+    with pytest.raises(TypeError, match="probe must be a module"):
+        make_trainer(tmp_path, [length_reward, positive_reward], probe=3)
+    trainer, _ = make_trainer(tmp_path, [length_reward, positive_reward], probe="no_such_head")
+    with pytest.raises(ValueError, match="no module of that name"):
+        trainer.train()
+    trainer, _ = make_trainer(tmp_path, [length_reward, positive_reward], probe="q_proj")
+    assert trainer.create_optimizer() is trainer.mogd_optimizer  # the only layer's q_proj
+    trainer, _ = make_trainer(tmp_path, [length_reward, positive_reward], probe="proj")
+    with pytest.raises(ValueError, match="no module of that name"):
+        trainer.train()
 
 
 def test_a_prewrapped_optimizer_is_refused(tmp_path):
