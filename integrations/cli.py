@@ -1,7 +1,7 @@
 """``mogd-rlhf``: one command for the pipeline.
 
     mogd-rlhf [training options]               # = python integrations/rlhf_mistral.py
-    mogd-rlhf evaluate|sweep|compare ...       # = python integrations/evaluate.py ...
+    mogd-rlhf evaluate|sweep|compare|score ... # = python integrations/evaluate.py ...
 
 The subcommands live above the training loop (sweep and compare train runs), so the loop's
 module cannot route to them without an import cycle; this module routes to both.
@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 from . import evaluate, rlhf_mistral
 
-SUBCOMMANDS = ("evaluate", "sweep", "compare")
+SUBCOMMANDS = ("evaluate", "sweep", "compare", "score")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -10,7 +10,7 @@ harmlessness cost model C in the paper, any number of them here.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal, Protocol, runtime_checkable
 
 import torch
@@ -51,3 +51,7 @@ class Setup:
     train_prompts: list[str]  # raw user requests
     eval_prompts: list[str]  # held-out raw user requests
     format_prompt: Callable[[str], str]  # chat template: request -> model input text
+    # {request: group} of held-out requests, for per-group evaluation (tiny: benign / harmful)
+    categories: dict[str, str] = field(default_factory=dict)
+    # Table 1's further held-out columns, {name: raw requests} (mistral-7b: HH-RLHF test)
+    eval_sets: dict[str, list[str]] = field(default_factory=dict)

@@ -29,6 +29,7 @@ from .paper_plan import DEFAULT_COST_MODEL, DEFAULT_POLICY, DEFAULT_REWARD_MODEL
 
 Preset = Literal["tiny", "mistral-7b"]
 CriticInit = Literal["copy", "head", "score"]
+Precision = Literal["fp32", "bf16"]
 ObjectiveKind = Literal["reward", "cost"]
 PAPER: tuple[Preset, ...] = ("mistral-7b",)
 
@@ -91,6 +92,25 @@ class Config:
         "optimizer step sees grad_accum x minibatch-size sequences (in one forward pass)",
     )
     ppo_epochs: int = option(1, "passes over each rollout batch")
+    micro_batch_size: int | None = option(
+        None,
+        "sequences per forward pass of the policy and critic updates: each objective's gradient "
+        "is accumulated over the micro-batches (--probe full); None = the whole update batch "
+        "in one forward",
+    )
+    # -- precision and sharding (integrations/sharding.py)
+    precision: Precision = option(
+        "fp32",
+        "fp32, or bf16 compute over float32 master weights and optimizer state (FSDP2 "
+        "MixedPrecisionPolicy, or autocast in one process)",
+        choices=("fp32", "bf16"),
+    )
+    fsdp: bool | None = option(
+        None,
+        "shard the policy, reference, scorers and trained critics with FSDP2 (fully_shard per "
+        "decoder layer); None = on for full fine-tuning of mistral-7b under torchrun",
+        action=argparse.BooleanOptionalAction,
+    )
     minibatch_size: int = option(16, "sequences per optimizer step (per accumulation step)")
     lr: float = option(1e-4, "policy peak learning rate (AdamW)")
     critic_lr: float = option(1e-3, "critic learning rate (AdamW, constant)")
@@ -127,6 +147,8 @@ class Config:
     lambda_max: float | None = option(5.0, "multiplier upper bound")
     lambda_update_delay: int = option(0, "iterations before the multiplier starts moving")
     episode_cost_window: int = option(128, "episodes in the moving mean cost")
+    # -- fast-rl (Li et al., EMNLP 2024: mirror descent on the reward weights)
+    weight_lr: float = option(0.1, "fast-rl: mirror-descent step size of the reward weights")
     # -- bookkeeping
     seed: int = option(0, "random seed")
     out: str | None = option(None, "run directory; None = runs/<preset>-<method>-seed<seed>")
@@ -134,7 +156,18 @@ class Config:
     eval_size: int | None = option(
         None, "held-out prompts evaluated at the end; None = all of them, 0 = skip"
     )
+    eval_samples: int = option(4, "responses sampled per held-out prompt in the evaluation")
+    signal_every: int = option(
+        5,
+        "log each objective's half-batch gradient cosine (signal/<name>) every N iterations; "
+        "0 = never (it costs one extra forward and k backward passes of the first minibatch)",
+    )
     device: str | None = option(None, "torch device; None = cuda:$LOCAL_RANK if CUDA, else cpu")
+    threads: int | None = option(
+        None,
+        "torch intra-op CPU threads; None = torch's default (tiny: 1, whose small matrices gain "
+        "nothing from more and lose much to spin-waits on a shared machine)",
+    )
     progress: bool = option(True, "tqdm progress bar", action=argparse.BooleanOptionalAction)
     plots: bool = option(True, "write plots.png at the end", action=argparse.BooleanOptionalAction)
     resume: str | None = option(None, "run directory to continue (its config.json is reused)")
@@ -196,7 +229,6 @@ class Config:
     world_size: int | None = option(
         None, "GPUs for --dry-run; None = $WORLD_SIZE or 1", presets=PAPER
     )
-    micro_batch_size: int = option(4, "sequences per GPU per forward, for --dry-run", presets=PAPER)
     seq_len: int = option(512, "prompt + response tokens, for --dry-run", presets=PAPER)
 
 
@@ -210,9 +242,28 @@ class PresetSpec:
 
 
 PRESETS: dict[Preset, PresetSpec] = {
-    "tiny": PresetSpec(objectives=(("helpful", "reward"), ("harmless", "cost")), defaults={}),
+    # Table 2's decoding; each optimizer step on 64 sequences (4 x 16: the per-objective
+    # gradients of 16 are noise, see the README); a Safe RLHF threshold below the SFT policy's
+    # E[C] (about -0.5 with the hinged cost), so the constraint binds.
+    "tiny": PresetSpec(
+        objectives=(("helpful", "reward"), ("harmless", "cost")),
+        defaults={
+            "temperature": 0.7,
+            "repetition_penalty": 1.05,
+            "grad_accum": 4,
+            "batch_size": 16,
+            "steps": 15,
+            "lr": 2e-4,
+            "lambda_threshold": -0.8,
+            "threads": 1,
+        },
+    ),
     # The paper's Table 2 (Li et al. 2025, App. B), with Safe RLHF's critic on the policy's
-    # features (no second 7B trunk) and the paper's LM-head probe.
+    # features (no second 7B trunk): micro-batches of 16 sequences, 8 accumulated per step, in
+    # bf16 over fp32 master weights. Each objective's gradient is accumulated in full mode:
+    # under FSDP2 its bank costs one more gradient shard (3.4 GiB per GPU at 8 GPUs), while the
+    # LM-head probe (--probe lm_head) needs all 128 sequences in one forward (about 77 GiB of
+    # activations and logits; see --dry-run).
     "mistral-7b": PresetSpec(
         objectives=(("helpful", "reward"), ("harmless", "cost")),
         defaults={
@@ -228,7 +279,9 @@ PRESETS: dict[Preset, PresetSpec] = {
             "lambda_lr": 0.01,
             "lambda_max": 10.0,
             "critic_init": "head",
-            "probe": "lm_head",
+            "probe": "full",
+            "micro_batch_size": 16,
+            "precision": "bf16",
         },
     ),
 }
@@ -244,6 +297,7 @@ BOOKKEEPING = {
     "dry_run",
     "json",
     "eval_size",
+    "signal_every",
     "cache_dir",
     "device",
 }
@@ -286,6 +340,8 @@ def make_config(preset: Preset = "tiny", **given: Any) -> Config:
         values["steps"] = None
     if "probe" not in given and given.get("lora_r", 0) > 0:
         values["probe"] = "full"
+    if given.get("probe", "full") != "full" and "micro_batch_size" not in given:
+        values["micro_batch_size"] = None  # a probe takes the whole update batch in one step
     values.update(given)
     cfg = Config(preset=preset, **values)
     validate(cfg)
@@ -316,6 +372,14 @@ def total_steps(cfg: Config, n_prompts: int, world: int) -> int:
         return cfg.steps
     assert cfg.epochs is not None  # validate() guarantees one of them
     return math.ceil(cfg.epochs * n_prompts / (cfg.batch_size * cfg.grad_accum * world))
+
+
+def fsdp_enabled(cfg: Config, world: int) -> bool:
+    """Whether the run shards its models with FSDP2: --fsdp / --no-fsdp, or by default full
+    fine-tuning of the paper's preset with more than one process."""
+    if cfg.fsdp is not None:
+        return cfg.fsdp
+    return cfg.preset in PAPER and cfg.lora_r == 0 and world > 1
 
 
 def validate(cfg: Config) -> None:
@@ -378,14 +442,22 @@ def validate(cfg: Config) -> None:
         "max_new_tokens",
         "save_every",
         "episode_cost_window",
+        "eval_samples",
         "score_batch_size",
-        "micro_batch_size",
         "seq_len",
     )
     for name in positive_ints:
         if getattr(cfg, name) < 1:
             raise ValueError(f"{flag(name)} must be >= 1; got {getattr(cfg, name)}")
-    for name in ("lr", "critic_lr", "temperature", "clip_eps", "lambda_init", "score_clip"):
+    for name in (
+        "lr",
+        "critic_lr",
+        "temperature",
+        "clip_eps",
+        "lambda_init",
+        "score_clip",
+        "weight_lr",
+    ):
         if not getattr(cfg, name) > 0:
             raise ValueError(f"{flag(name)} must be > 0; got {getattr(cfg, name)}")
     non_negative = (
@@ -395,6 +467,7 @@ def validate(cfg: Config) -> None:
         "lambda_lr",
         "lambda_update_delay",
         "eval_size",
+        "signal_every",
         "lora_r",
         "max_train_prompts",
         "max_eval_prompts",
@@ -413,10 +486,30 @@ def validate(cfg: Config) -> None:
         raise ValueError(
             f"--lambda-max ({cfg.lambda_max}) must be >= --lambda-init ({cfg.lambda_init})"
         )
+    if cfg.threads is not None and cfg.threads < 1:
+        raise ValueError(f"--threads must be >= 1 or None; got {cfg.threads}")
     if cfg.max_grad_norm is not None and not cfg.max_grad_norm > 0:
         raise ValueError(f"--max-grad-norm must be > 0 or None; got {cfg.max_grad_norm}")
     if cfg.load_in_8bit and cfg.load_in_4bit:
         raise ValueError("--load-in-8bit and --load-in-4bit are exclusive: pick one")
+    if cfg.micro_batch_size is not None and cfg.micro_batch_size < 1:
+        raise ValueError(
+            f"--micro-batch-size must be >= 1 or None (one forward); got {cfg.micro_batch_size}"
+        )
+    update = cfg.minibatch_size * cfg.grad_accum
+    if cfg.probe != "full" and cfg.micro_batch_size is not None and cfg.micro_batch_size < update:
+        raise ValueError(
+            f"--micro-batch-size {cfg.micro_batch_size} with --probe {cfg.probe}: probe mode takes "
+            f"the losses of the whole update batch ({update} sequences) in one step; accumulate "
+            "with --probe full"
+        )
+    if cfg.precision not in ("fp32", "bf16"):
+        raise ValueError(f"--precision must be fp32 or bf16; got {cfg.precision!r}")
+    if cfg.fsdp and cfg.lora_r > 0:
+        raise ValueError(
+            "--fsdp shards full fine-tuning; a LoRA policy (--lora-r > 0) trains replicated "
+            "(its frozen bf16 base fits one GPU): drop --fsdp"
+        )
     if cfg.world_size is not None and cfg.world_size < 1:
         raise ValueError(f"--world-size must be >= 1; got {cfg.world_size}")
     if cfg.lora_r > 0 and cfg.probe == "lm_head":

@@ -20,7 +20,7 @@ from torch import nn
 from .common import Setup
 from .config import PRESETS, Config
 from .methods import Plan
-from .rollout import positions
+from .sampling import positions
 
 
 class Critic(nn.Module):

@@ -45,6 +45,14 @@ def init_distributed(device: str) -> Dist:
     return Dist(tdist.get_rank(), tdist.get_world_size())
 
 
+def current() -> Dist:
+    """This process's rank and the world size of the default process group (one process when
+    there is none)."""
+    if tdist.is_available() and tdist.is_initialized():
+        return Dist(tdist.get_rank(), tdist.get_world_size())
+    return Dist()
+
+
 def barrier(d: Dist) -> None:
     if d.world > 1:
         tdist.barrier()
@@ -95,22 +103,3 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)  # noqa: NPY002 - third-party code (scorers) may draw from it
     torch.manual_seed(seed)
-
-
-def rng_state() -> dict[str, Any]:
-    state = {
-        "python": random.getstate(),
-        "numpy": np.random.get_state(),  # noqa: NPY002
-        "torch": torch.get_rng_state(),
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])  # noqa: NPY002
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])

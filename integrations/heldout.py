@@ -3,15 +3,18 @@ every run and by ``evaluate.py``)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
-from .common import Setup
+from .common import Scorer, Setup
 from .config import Config
+from .dist import current, gather_objects
 from .presets import select_scorers
 from .rollout import generate, harmless_ratio, objective_rewards, score
+from .sharding import gathered
 
 EVAL_SEED = 1234
 
@@ -22,35 +25,94 @@ def evaluate_policy(
 ) -> dict[str, Any]:
     """Table 1 columns on the first ``n_prompts`` held-out prompts (all when None).
 
-    One response per prompt, sampled with the run's decoding settings from a fixed seed. Returns
-    ``{"prompts": n, "objectives": {name: {"kind", "score", "raw_mean"}}, "harmless_ratio": r |
-    None, "average": mean of the scores}``; "score" is R (reward) or −C (cost), "raw_mean" the
-    scorer's own number (R or C), harmless ratio = share with C < 0 of the first cost objective.
+    ``cfg.eval_samples`` responses per prompt, sampled with the run's decoding settings (the
+    training temperature) from a fixed seed. Returns ``{"prompts": n, "samples": per prompt,
+    "objectives": {name: {"kind", "score", "se", "raw_mean"}}, "harmless_ratio": r | None,
+    "average": mean of the scores, "groups": {group: the same columns}}``; "score" is R
+    (reward) or −C (cost), "se" its standard error over prompts (the spread of the per-prompt
+    means: a prompt's samples are not independent), "raw_mean" the scorer's own number (R or
+    C), harmless ratio = share with C < 0 of the first cost objective; "groups" splits the
+    prompts by ``setup.categories`` (tiny: benign / harmful). Further held-out sets
+    (``setup.eval_sets``, mistral-7b: HH-RLHF test) add their own columns under ``"columns"``.
+    Collective under torchrun: every rank calls it and gets the same result.
     """
     prompts = list(setup.eval_prompts[:n_prompts] if n_prompts else setup.eval_prompts)
     if not prompts:
         raise ValueError("the preset has no held-out prompts (Setup.eval_prompts is empty)")
     scorers = select_scorers(cfg, setup)
+    result = _columns(setup, policy, cfg, scorers, prompts)
+    extra = {
+        name: _columns(setup, policy, cfg, scorers, list(p[:n_prompts] if n_prompts else p))
+        for name, p in setup.eval_sets.items()
+        if p
+    }
+    return {**result, "columns": extra} if extra else result
+
+
+def _columns(
+    setup: Setup, policy: nn.Module, cfg: Config, scorers: Sequence[Scorer], prompts: list[str]
+) -> dict[str, Any]:
+    raw = _sample_and_score(setup, policy, cfg, scorers, prompts)
+    groups: dict[str, list[int]] = {}
+    for i, p in enumerate(prompts):
+        if p in setup.categories:
+            groups.setdefault(setup.categories[p], []).append(i)
+    return {
+        "prompts": len(prompts),
+        "samples": cfg.eval_samples,
+        **table_columns(scorers, raw),
+        "groups": {
+            g: {"prompts": len(ix), **table_columns(scorers, raw[:, ix])}
+            for g, ix in groups.items()
+        },
+    }
+
+
+def _sample_and_score(
+    setup: Setup, policy: nn.Module, cfg: Config, scorers: Sequence[Scorer], prompts: list[str]
+) -> torch.Tensor:
+    """Raw scores ``[K, prompts, samples]``. Under torchrun every rank samples and scores every
+    world-th response (its own seed); the shares are padded to one length, so sharded models
+    run the same forward passes on every rank, and gathered back in order on every rank."""
+    d = current()
+    repeated = [p for p in prompts for _ in range(cfg.eval_samples)]
+    share = -(-len(repeated) // d.world)  # ceil
+    mine = [repeated[min(d.rank + j * d.world, len(repeated) - 1)] for j in range(share)]
+    chunk = cfg.batch_size * cfg.grad_accum
     was_training = policy.training
     policy.eval()
     raws = []
     devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
     with torch.random.fork_rng(devices=devices):  # the training RNG stream stays untouched
-        torch.manual_seed(EVAL_SEED)
-        for lo in range(0, len(prompts), cfg.batch_size):
-            rollout = generate(setup, policy, prompts[lo : lo + cfg.batch_size], cfg)
+        torch.manual_seed(EVAL_SEED + d.rank)
+        for lo in range(0, len(mine), chunk):
+            with gathered(policy):  # FSDP2: one all-gather per batch, not per token
+                rollout = generate(setup, policy, mine[lo : lo + chunk], cfg)
             raws.append(score(scorers, rollout))
     policy.train(was_training)
-    raw = torch.cat(raws, 1)  # [K, N]
-    scores = objective_rewards(scorers, raw)
+    parts = gather_objects(torch.cat(raws, 1), d)  # [K, share] per rank
+    ordered = torch.stack(parts, 2).flatten(1)[:, : len(repeated)]  # rank r holds r + j*world
+    return ordered.view(len(scorers), len(prompts), cfg.eval_samples)
+
+
+def table_columns(scorers: Sequence[Scorer], raw: torch.Tensor) -> dict[str, Any]:
+    """Table 1 columns of raw scores ``[K, prompts, samples]``: per objective its score (R or
+    −C), standard error over prompts and raw mean; the harmless ratio; the average score."""
+    scores = objective_rewards(scorers, raw.flatten(1)).view(raw.shape)
+    per_prompt = scores.mean(2)  # [K, prompts]
+    n = per_prompt.shape[1]
     objectives = {
-        s.name: {"kind": s.kind, "score": float(scores[k].mean()), "raw_mean": float(raw[k].mean())}
+        s.name: {
+            "kind": s.kind,
+            "score": float(scores[k].mean()),
+            "se": float(per_prompt[k].std() / n**0.5) if n > 1 else 0.0,
+            "raw_mean": float(raw[k].mean()),
+        }
         for k, s in enumerate(scorers)
     }
     costs = [k for k, s in enumerate(scorers) if s.kind == "cost"]
     return {
-        "prompts": len(prompts),
         "objectives": objectives,
-        "harmless_ratio": harmless_ratio(raw[costs[0]]) if costs else None,
-        "average": float(scores.mean(1).mean()),
+        "harmless_ratio": harmless_ratio(raw[costs[0]].flatten()) if costs else None,
+        "average": float(scores.mean((1, 2)).mean()),
     }

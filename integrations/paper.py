@@ -12,10 +12,11 @@ The dry run's plan is :mod:`integrations.plan`.
 
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING, Literal
 
 from .common import Scorer, Setup
-from .config import Config
+from .config import Config, fsdp_enabled
 from .dist import resolve_device
 
 if TYPE_CHECKING:
@@ -45,7 +46,7 @@ def build_paper_setup(cfg: Config) -> Setup:
     """
     import torch
 
-    from .paper_data import load_pku_prompts
+    from .paper_data import load_hh_prompts, load_pku_prompts
     from .paper_models import BeaverScorer, load_policy, load_reference, load_score_model
 
     # Prompts first: a bad prompt source fails before minutes of model loading.
@@ -53,22 +54,26 @@ def build_paper_setup(cfg: Config) -> Setup:
     evals = load_pku_prompts(
         cfg.eval_prompts, "test", limit=cfg.max_eval_prompts or None, option="--eval-prompts"
     )
+    hh = load_hh_prompts(cfg.hh_prompts, "test", limit=cfg.max_eval_prompts or None)
     device = resolve_device(cfg.device)
+    # FSDP2 shards from the CPU copy straight onto the devices: no rank ever holds a whole
+    # float32 policy (or two 7B scorers) in GPU memory. Quantised scorers load on the device.
+    load_on = "cpu" if fsdp_enabled(cfg, int(os.environ.get("WORLD_SIZE", "1"))) else device
     policy, tokenizer, format_prompt = load_policy(
         cfg.policy,
-        device=device,
+        device=load_on,
         gradient_checkpointing=cfg.gradient_checkpointing,
         lora_r=cfg.lora_r,
         lora_alpha=cfg.lora_alpha,
     )
-    reference = None if cfg.lora_r > 0 else load_reference(cfg.policy, device=device)
+    reference = None if cfg.lora_r > 0 else load_reference(cfg.policy, device=load_on)
     scorers: list[Scorer] = []
     for name, kind, model_id, option in objective_models(cfg):
         model, scorer_tokenizer = load_score_model(
             model_id,
             option=option,
             dtype=torch.bfloat16,
-            device=device,
+            device=device if quantization(cfg) else load_on,
             quantization=quantization(cfg),
         )
         scorers.append(
@@ -89,6 +94,7 @@ def build_paper_setup(cfg: Config) -> Setup:
         train_prompts=train,
         eval_prompts=evals,
         format_prompt=format_prompt,
+        eval_sets={"hh-rlhf": hh},
     )
 
 

@@ -27,6 +27,7 @@ __all__ = [
     "PUBLISHED_CONFIGS",
     "MemoryPlan",
     "ModelShape",
+    "logits_bytes",
     "lora_param_count",
     "memory_plan",
     "gib",
@@ -206,25 +207,28 @@ class MemoryPlan:
         raise KeyError(name)
 
 
-def _activation_bytes(
-    shape: ModelShape, batch: int, seq: int, *, logits: bool, checkpointing: bool
-) -> float:
-    """Training activations of one micro-batch in bf16 (an estimate, not a measurement).
+def _activation_bytes(shape: ModelShape, batch: int, seq: int, *, checkpointing: bool) -> float:
+    """Decoder activations of one training forward in bf16 (an estimate, not a measurement).
 
     With gradient checkpointing every decoder layer keeps only its input (2*b*s*h bytes per
     layer) and one layer at a time is recomputed: its saved tensors are about
     2*b*s*(6h + 2kv + 4I) bytes (two norms' in/out, q/k/v, attention out, SwiGLU's four
     I-wide tensors; SDPA/flash attention keeps no s*s matrix). Without checkpointing every
-    layer keeps that working set. The LM head adds its bf16 logits plus their fp32
-    log-softmax: 6*b*s*V bytes.
+    layer keeps that working set.
     """
     h, i, kv = shape.hidden_size, shape.intermediate_size, shape.kv_width
     working = 2 * batch * seq * (6 * h + 2 * kv + 4 * i)
     if checkpointing:
-        body = 2 * batch * seq * h * shape.num_layers + working
-    else:
-        body = working * shape.num_layers
-    return body + (6 * batch * seq * shape.vocab_size if logits else 0)
+        return 2 * batch * seq * h * shape.num_layers + working
+    return working * shape.num_layers
+
+
+def logits_bytes(shape: ModelShape, batch: int, seq: int, response: int) -> float:
+    """The LM head's outputs in one policy forward of the update: bf16 logits at every position
+    (2*b*s*V) and, at the response positions, the float32 tensors the PPO losses build from them
+    (float copy, / temperature, log-softmax, and the entropy's log-softmax, exp and product:
+    six fp32 tensors, 24*b*T*V bytes)."""
+    return 2 * batch * seq * shape.vocab_size + 24 * batch * response * shape.vocab_size
 
 
 def memory_plan(
@@ -238,24 +242,31 @@ def memory_plan(
     k: int = 2,
     critic_init: Literal["head", "copy", "score"] = "head",
     quant: Quant = "bf16",
+    precision: Literal["fp32", "bf16"] = "bf16",
     micro_batch: int = 4,
+    rollout_batch: int = 16,
     seq_len: int = 512,
+    response_len: int = 512,
     gradient_checkpointing: bool = True,
 ) -> MemoryPlan:
-    """Per-GPU memory of one PPO/MOGD training process (DESIGN §5), component by component.
+    """Per-GPU memory of one PPO/MOGD training process as the pipeline runs it, component by
+    component (bytes; every figure's assumption is in a note).
 
-    Conventions (each printed as a note): weights bf16 (2 B); full fine-tuning trains bf16
-    parameters whose gradients and AdamW moments are bf16 too (torch keeps them in the
-    parameter dtype); LoRA adapters are fp32 (peft upcasts them) so their parameter, gradient and
-    two moments take 4+4+8 B. MOGD full mode keeps k per-objective gradients in its bank
-    ([k, n] buffer, ``.grad`` are views into it, so no separate gradient buffer); probe mode keeps
-    one ordinary gradient plus k copies of the probe's gradient. FSDP2 divides every sharded
-    tensor (weights, gradients, bank, moments) by the world size and adds the unsharded root
-    unit (embeddings + LM head) plus two decoder layers (current + prefetched) in bf16; frozen
-    scorers stay replicated; trained critics are sharded like the policy. Critics: ``head`` = one
-    fp32 value head per objective on the policy's hidden states, ``copy`` = a trained copy of the
-    policy's decoder + heads, ``score`` = one trained critic per score model. Activations: the peak of the policy's training pass, the critics'
-    training pass and the generation KV cache (they never coexist).
+    * Trained weights are float32 master weights with float32 gradients and AdamW moments
+      (4 + 4 + 8 B per parameter; ``precision`` only changes the compute dtype). With bf16
+      compute, one process or DDP runs under autocast, which keeps a bf16 copy of every weight
+      it used for the backward (2 B per parameter); FSDP2 casts one unit at a time instead.
+    * MOGD full mode keeps k per-objective gradients in its bank ([k, n], row 0 doubles as
+      ``.grad``); probe mode one gradient plus k copies of the probe's.
+    * LoRA (replicated: ``--fsdp`` is refused with it): the frozen base in bf16, the adapters as
+      trained weights.
+    * Frozen models (reference, scorers) are bf16, or 8/4-bit scorers through bitsandbytes.
+      FSDP2 shards every model but quantised scorers; it adds the unsharded units in flight
+      (the root of embeddings and LM head, and two decoder layers: current + prefetched).
+    * Activations: the peak of the policy's training micro-batch (checkpointed decoder +
+      logits, :func:`logits_bytes`), the critics' training micro-batch, and generation of the
+      rollout batch (KV cache of ``rollout_batch`` x ``seq_len``; under FSDP2 the policy is
+      gathered once per rollout batch, a bf16 copy of every weight).
     """
     if world_size < 1:
         raise ValueError(f"world_size must be >= 1, got {world_size}")
@@ -265,94 +276,112 @@ def memory_plan(
         raise ValueError(f"critic_init must be 'head', 'copy' or 'score', got {critic_init!r}")
     if quant not in _QUANT_LINEAR_BYTES:
         raise ValueError(f"quant must be one of {tuple(_QUANT_LINEAR_BYTES)}, got {quant!r}")
+    if precision not in ("fp32", "bf16"):
+        raise ValueError(f"precision must be 'fp32' or 'bf16', got {precision!r}")
     if lora_r < 0:
         raise ValueError(f"lora_r must be >= 0, got {lora_r}")
     if probe == "lm_head" and lora_r > 0:
         raise ValueError(
-            "probe 'lm_head' is frozen under LoRA (--lora-r > 0): use full mode (--probe none)"
+            "probe 'lm_head' is frozen under LoRA (--lora-r > 0): use full mode (--probe full)"
         )
-    shard = 1.0 / world_size if sharding == "fsdp2" else 1.0
+    if sharding == "fsdp2" and lora_r > 0:
+        raise ValueError("FSDP2 shards full fine-tuning; a LoRA policy trains replicated (DDP)")
+    fsdp = sharding == "fsdp2"
+    shard = 1.0 / world_size if fsdp else 1.0
     plan = MemoryPlan(sharding=sharding, world_size=world_size)
     add = plan.entries.append
 
     p_total = policy.causal_lm_params()
     if lora_r > 0:
-        trainable, t_bytes = lora_param_count(policy, lora_r), 4
-        add(("policy weights (bf16 base + fp32 LoRA)", (2 * p_total + 4 * trainable) * shard))
+        trainable = lora_param_count(policy, lora_r)
+        add(("policy: bf16 base + fp32 LoRA weights", 2 * p_total + 4 * trainable))
     else:
-        trainable, t_bytes = p_total, 2
-        add(("policy weights (bf16)", 2 * p_total * shard))
-
+        trainable = p_total
+        add(("policy master weights (fp32)", 4 * p_total * shard))
     if probe is None:
-        add((f"MOGD bank: k={k} x trainable gradients", k * trainable * t_bytes * shard))
-    elif probe == "lm_head":
-        probe_params = policy.lm_head_params() or policy.vocab_size * policy.hidden_size
-        add(("trainable gradients", trainable * t_bytes * shard))
-        add((f"MOGD bank: k={k} x probe ({probe}) gradients", k * probe_params * t_bytes * shard))
+        add((f"MOGD bank: k={k} x fp32 gradients", k * 4 * trainable * shard))
     else:
-        add(("trainable gradients", trainable * t_bytes * shard))
-        plan.notes.append(f"probe bank of module {probe!r} not estimated (lm_head only)")
-    add(("AdamW moments (2 per trainable parameter)", 2 * trainable * t_bytes * shard))
-    add(("reference policy", 0.0 if lora_r > 0 else 2 * p_total * shard))
+        probe_params = policy.lm_head_params() or policy.vocab_size * policy.hidden_size
+        if probe != "lm_head":
+            plan.notes.append(f"probe {probe!r} counted as large as the LM head")
+        add(("fp32 gradients", 4 * trainable * shard))
+        add((f"MOGD bank: k={k} x probe ({probe}) gradients", k * 4 * probe_params * shard))
+    add(("AdamW moments (fp32, 2 per trainable parameter)", 8 * trainable * shard))
+    if precision == "bf16" and not fsdp:
+        add(("bf16 compute copy of the trained weights (autocast)", 2 * trainable))
+    add(("reference policy (bf16)", 0.0 if lora_r > 0 else 2 * p_total * shard))
 
     scorer_bytes = 0.0
     for s in scorers:
         quantised = s.num_layers * s.layer_linear_params()
         rest = s.score_model_params() - quantised
         scorer_bytes += _QUANT_LINEAR_BYTES[quant] * quantised + 2 * rest
-    add((f"scorers x{len(scorers)} ({quant}, replicated)", scorer_bytes))
+    scorers_sharded = fsdp and quant == "bf16"
+    where = "sharded" if scorers_sharded else "replicated"
+    add(
+        (
+            f"scorers x{len(scorers)} ({quant}, {where})",
+            scorer_bytes * (shard if scorers_sharded else 1),
+        )
+    )
 
     critic_act = 0.0
-    # Value heads are fp32 linear maps [h -> 1]: weight + gradient + two AdamW moments = 16 B per
-    # parameter; a trained bf16 trunk takes 8 B per parameter (weight, gradient, two moments).
+    # value heads: fp32 linear maps [h -> 1] with gradient and two moments, 16 B per parameter
     heads = 16.0 * k * (policy.hidden_size + 1)
+    trunk_shard = shard if fsdp else 1.0
     if critic_init == "head":  # on the policy's (detached) hidden states
         add((f"critics: {k} value heads (fp32)", heads))
-    elif critic_init == "copy":  # one trained copy of the policy's decoder, k heads on top
+    elif critic_init == "copy":  # a trained copy of the policy's decoder: a master-weight model
         add(
             (
-                "critics: policy trunk copy + value heads",
-                8.0 * policy.backbone_params() * shard + heads,
+                "critics: policy trunk copy (fp32 master) + value heads",
+                16.0 * policy.backbone_params() * trunk_shard + heads,
             )
         )
         critic_act = _activation_bytes(
-            policy, micro_batch, seq_len, logits=False, checkpointing=gradient_checkpointing
+            policy, micro_batch, seq_len, checkpointing=gradient_checkpointing
         )
     else:
         critic_bytes = 0.0
         for s in scorers:
-            backbone = s.backbone_params()
-            head = s.hidden_size + 1
+            backbone, head = s.backbone_params(), s.hidden_size + 1
             if lora_r > 0:
                 adapters = lora_param_count(s, lora_r)
-                critic_bytes += (2 * backbone + 16 * (adapters + head)) * shard
+                critic_bytes += 2 * backbone + 16 * (adapters + head)
             else:
-                critic_bytes += (8 * backbone + 16 * head) * shard
+                critic_bytes += (16 * backbone + 16 * head) * trunk_shard
             critic_act = max(
                 critic_act,
-                _activation_bytes(
-                    s, micro_batch, seq_len, logits=False, checkpointing=gradient_checkpointing
-                ),
+                _activation_bytes(s, micro_batch, seq_len, checkpointing=gradient_checkpointing),
             )
         add((f"critics: {len(scorers)} score-model critics (trained)", critic_bytes))
 
-    policy_act = _activation_bytes(
-        policy, micro_batch, seq_len, logits=True, checkpointing=gradient_checkpointing
-    )
-    kv_cache = 2 * 2 * policy.num_layers * policy.kv_width * micro_batch * seq_len
+    train_act = _activation_bytes(
+        policy, micro_batch, seq_len, checkpointing=gradient_checkpointing
+    ) + logits_bytes(policy, micro_batch, seq_len, response_len)
+    kv_cache = 2 * 2 * policy.num_layers * policy.kv_width * rollout_batch * seq_len
+    generation = kv_cache + (2 * p_total if fsdp else 0.0)
     add(
         (
-            "activations (peak of train pass / critic pass / KV cache)",
-            max(policy_act, critic_act, kv_cache),
+            "activations (peak of train pass / critic pass / generation)",
+            max(train_act, critic_act, generation),
         )
     )
-
-    if sharding == "fsdp2":
+    if fsdp:
+        # the root unit: embeddings, final norm and (the policy's) LM head; score heads stay
+        # replicated outside the sharded backbones
         root = policy.vocab_size * policy.hidden_size + policy.lm_head_params() + policy.hidden_size
-        add(("FSDP2 unsharded root + 2 layers (bf16)", 2.0 * (root + 2 * policy.layer_params())))
+        unit = 2.0 * (root + 2 * policy.layer_params())
+        for s in scorers if scorers_sharded else []:
+            unit = max(
+                unit, 2.0 * (s.vocab_size * s.hidden_size + s.hidden_size + 2 * s.layer_params())
+            )
+        add(("FSDP2 unsharded root + 2 layers (bf16)", unit))
     plan.notes.append(
-        f"micro-batch {micro_batch} x {seq_len} tokens; gradient checkpointing "
-        f"{'on' if gradient_checkpointing else 'off'}"
+        f"micro-batch {micro_batch} x {seq_len} tokens ({response_len} response tokens): train "
+        f"pass {gib(train_act):.2f} GiB; generation of {rollout_batch} sequences "
+        f"{gib(generation):.2f} GiB{' (KV cache + gathered bf16 policy)' if fsdp else ''}; "
+        f"gradient checkpointing {'on' if gradient_checkpointing else 'off'}"
     )
     return plan
 

@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from .config import PAPER, Config, objective_names
+from .config import PAPER, Config, fsdp_enabled, objective_names
 from .methods import objective_count
 from .paper import objective_models, quantization
 from .paper_plan import (
@@ -21,9 +21,9 @@ from .paper_plan import (
 )
 
 NOTE = (
-    "bf16 weights; full fine-tuning keeps bf16 gradients and AdamW moments, LoRA adapters "
-    "are fp32; the MOGD bank replaces the gradient buffer in full mode; FSDP2 shards weights, "
-    "gradients, bank and moments, scorers stay replicated; activations are an estimate"
+    "trained weights are fp32 masters with fp32 gradients and AdamW moments (bf16 compute: "
+    "autocast copies under DDP, MixedPrecisionPolicy under FSDP2); frozen models bf16; FSDP2 "
+    "shards every model but quantised scorers; activations are an estimate"
 )
 
 
@@ -81,7 +81,11 @@ def dry_run_plan(cfg: Config) -> dict[str, Any]:
             }
         )
     memory: dict[str, Any] = {}
-    for sharding in ("ddp", "fsdp2"):
+    # FSDP2 shards full fine-tuning only; LoRA trains replicated
+    shardings: tuple[Literal["ddp", "fsdp2"], ...] = (
+        ("ddp",) if cfg.lora_r > 0 else ("ddp", "fsdp2")
+    )
+    for sharding in shardings:
         plan = memory_plan(
             policy,
             shapes,
@@ -92,8 +96,11 @@ def dry_run_plan(cfg: Config) -> dict[str, Any]:
             k=k,
             critic_init=cfg.critic_init,
             quant=quant,
-            micro_batch=cfg.micro_batch_size,
+            precision=cfg.precision,
+            micro_batch=cfg.micro_batch_size or cfg.minibatch_size * cfg.grad_accum,
+            rollout_batch=cfg.batch_size * cfg.grad_accum,
             seq_len=cfg.seq_len,
+            response_len=min(cfg.max_new_tokens, cfg.seq_len),
             gradient_checkpointing=cfg.gradient_checkpointing,
         )
         memory[sharding] = {
@@ -103,6 +110,7 @@ def dry_run_plan(cfg: Config) -> dict[str, Any]:
         }
     return {
         "world_size": world,
+        "sharding": "fsdp2" if fsdp_enabled(cfg, world) else "ddp",
         "policy": {
             "model": cfg.policy,
             "source": policy_src,
@@ -149,20 +157,25 @@ def format_plan(plan: dict[str, Any]) -> str:
         lines.append(f"{s['kind']:<6}  {s['model']}  [{s['source']}]")
         lines.append(f"  parameters {s['parameters']:,} ({s['name']}, {s['quantization']})")
     lines.append(f"critics {plan['critic_init']}")
-    ddp, fsdp = plan["memory"]["ddp"], plan["memory"]["fsdp2"]
-    lines += ["", f"per-GPU memory, world size {plan['world_size']} (GiB)"]
-    width = max(len(n) for n in [*ddp["bytes"], *fsdp["bytes"]])
-    lines.append(f"  {'component':<{width}}  {'DDP':>8}  {'FSDP2':>8}")
-    for name in fsdp["bytes"]:
+    columns = {"ddp": "DDP", "fsdp2": "FSDP2"}
+    memory = {columns[k]: m for k, m in plan["memory"].items()}
+    lines += [
+        "",
+        f"per-GPU memory, world size {plan['world_size']} (GiB); this run: "
+        f"{columns[plan['sharding']]}",
+    ]
+    names = list(dict.fromkeys(n for m in memory.values() for n in m["bytes"]))
+    width = max(len(n) for n in names)
+    lines.append(f"  {'component':<{width}}" + "".join(f"  {c:>8}" for c in memory))
+    for name in names:
         cells = [
             f"{gib(m['bytes'][name]):8.2f}" if name in m["bytes"] else f"{'-':>8}"
-            for m in (ddp, fsdp)
+            for m in memory.values()
         ]
-        lines.append(f"  {name:<{width}}  {cells[0]}  {cells[1]}")
-    lines.append(
-        f"  {'total':<{width}}  {gib(ddp['total_bytes']):8.2f}  {gib(fsdp['total_bytes']):8.2f}"
-    )
+        lines.append(f"  {name:<{width}}  " + "  ".join(cells))
+    totals = "  ".join(f"{gib(m['total_bytes']):8.2f}" for m in memory.values())
+    lines.append(f"  {'total':<{width}}  {totals}")
     lines.append("")
-    lines.extend(f"note: {n}" for n in dict.fromkeys(ddp["notes"] + fsdp["notes"]))
+    lines.extend(f"note: {n}" for m in memory.values() for n in m["notes"])
     lines.append(f"note: {NOTE}")
     return "\n".join(lines)

@@ -15,7 +15,8 @@ One PPO iteration ("step"):
   5. the critics regress the GAE returns (separate optimizer);
   6. log one metrics row, checkpoint every --save-every iterations.
 
-Methods (--method, integrations/methods.py): gapo, mgda, pgapo, morlhf, ppo-h, ppo-s, safe-rlhf.
+Methods (--method, integrations/methods.py): gapo, mgda, pgapo, morlhf, fast-rl, ppo-h, ppo-s,
+safe-rlhf.
 Options and presets: integrations/config.py. Outputs in --out: config.json, metrics.jsonl,
 checkpoint.pt, plots.png, eval.json and policy/ (Hugging Face format; integrations/runio.py).
 """
@@ -23,6 +24,7 @@ checkpoint.pt, plots.png, eval.json and policy/ (Hugging Face format; integratio
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -42,9 +44,11 @@ import torch
 from torch.profiler import record_function
 
 import mogd
+from mogd.distributed import is_sharded
 
 from . import ppo, presets
-from .config import Config, parse_config, total_steps, validate
+from .accumulate import MicroBatch, accumulate_objectives, split
+from .config import Config, fsdp_enabled, parse_config, total_steps, validate
 from .critics import build_critic, disable_dropout
 from .dist import (
     all_reduce_grads,
@@ -56,9 +60,18 @@ from .dist import (
     resolve_device,
     seed_everything,
 )
+from .gradient_signal import half_batch_cosines
 from .heldout import evaluate_policy
-from .methods import make_plan
-from .rollout import forward_response, generate, objective_rewards, prompt_indices, score
+from .methods import RewardWeights, make_plan
+from .rollout import (
+    Rollout,
+    decoding,
+    forward_response,
+    generate,
+    objective_rewards,
+    prompt_indices,
+    score,
+)
 from .runio import (
     append_metrics,
     open_run,
@@ -71,6 +84,15 @@ from .runio import (
     truncate_metrics,
     write_config,
     write_eval,
+)
+from .sharding import (
+    autocast,
+    clip_grad_norm_,
+    ensure_process_group,
+    gathered,
+    master_weights_fp32,
+    shard_model,
+    shard_trunks,
 )
 
 
@@ -85,6 +107,8 @@ def train(cfg: Config, resume_state: dict[str, Any] | None = None) -> Path:
     from tqdm.auto import tqdm
     from transformers import get_cosine_schedule_with_warmup
 
+    if cfg.threads is not None:
+        torch.set_num_threads(cfg.threads)
     device = resolve_device(cfg.device)
     d = init_distributed(device)
     out = Path(str(cfg.out))
@@ -102,6 +126,21 @@ def train(cfg: Config, resume_state: dict[str, Any] | None = None) -> Path:
     disable_dropout(policy)  # the old and new log-probs of a sample must agree exactly
     critic = build_critic(cfg, setup, plan, device)
     head_critic = cfg.critic_init == "head"  # values read the policy's own hidden states
+    # -- precision and sharding (integrations/sharding.py): trained weights are float32 masters
+    # at every precision; FSDP2 shards every transformer (policy, reference, scorers, critics)
+    fsdp = fsdp_enabled(cfg, d.world)
+    master_weights_fp32(policy)
+    master_weights_fp32(critic)
+    if fsdp:
+        ensure_process_group(device)
+        shard_model(policy, cfg.precision)
+        if reference is not None:
+            shard_model(reference, cfg.precision)
+        shard_trunks(critic, cfg.precision, device)  # value heads stay float32, replicated
+        for scorer in scorers:  # bf16 backbones, as they were trained; float32 score heads
+            if isinstance(getattr(scorer, "model", None), torch.nn.Module):
+                shard_trunks(scorer.model, "bf16", device)  # type: ignore[attr-defined]
+    amp = functools.partial(autocast, cfg.precision, device, fsdp)  # bf16 in one process
     probe = None if cfg.probe == "full" else find_module(policy, cfg.probe)
 
     steps = total_steps(cfg, len(setup.train_prompts), d.world)
@@ -114,7 +153,7 @@ def train(cfg: Config, resume_state: dict[str, Any] | None = None) -> Path:
         plan.weighting,
         probe=probe,
         max_norm=cfg.max_grad_norm,  # clips the combined direction d, as Safe RLHF clips its step
-        process_group=process_group(d),
+        process_group=None if fsdp else process_group(d),  # DTensor shards carry their mesh
     )
     total_updates = steps * cfg.ppo_epochs * math.ceil(rollout_size / update_size)
     sched = get_cosine_schedule_with_warmup(
@@ -132,11 +171,16 @@ def train(cfg: Config, resume_state: dict[str, Any] | None = None) -> Path:
         )
         for _ in plan.cost_streams
     ]
+    # fast-rl: the scalarised stream's reward weights move by mirror descent between updates
+    reward_weights = RewardWeights(len(scorers), cfg.weight_lr) if cfg.method == "fast-rl" else None
+    dec = decoding(cfg)  # the sampling distribution, whose log-probs PPO's ratio uses
 
     start = 0
     if resume_state is not None:
         start = resume_state["step"]
-        restore(resume_state, policy, critic, opt, sched, critic_opt, lagrangians, d)
+        restore(
+            resume_state, policy, critic, opt, sched, critic_opt, lagrangians, d, reward_weights
+        )
         if d.main:
             truncate_metrics(out / "metrics.jsonl", start)
     else:
@@ -152,16 +196,22 @@ def train(cfg: Config, resume_state: dict[str, Any] | None = None) -> Path:
     )
     for step in bar:
         t0 = time.time()
+        stats: dict[str, list[float]] = {}  # per-iteration means go to metrics.jsonl
         n = len(setup.train_prompts)
         indices = prompt_indices(step, rollout_size, n, cfg.seed, d.rank, d.world)
         prompts = [setup.train_prompts[i] for i in indices]
 
         # 1-2. rollout and scores
-        with record_function("rollout"):
-            ro = generate(setup, policy, prompts, cfg)
+        with record_function("rollout"), gathered(policy), amp():
+            ro = generate(setup, policy, prompts, cfg)  # FSDP2: one all-gather, not per token
         with record_function("score"):
             raw = score(scorers, ro)  # [K, B]
             rewards = objective_rewards(scorers, raw).clamp(-cfg.score_clip, cfg.score_clip)
+            if reward_weights is not None:  # Li et al.: the weights step, then the policy
+                means = torch.stack([gather(r, d).mean() for r in rewards])
+                plan.mix = reward_weights.update(means).float()[None, :]
+                for s_, w in zip(scorers, reward_weights.weights.tolist(), strict=True):
+                    add(stats, f"reward_weight/{s_.name}", w)
             stream_scores = (plan.mix @ rewards).to(device)  # [S, B]
         # safe-rlhf: the dual step on each constraint's moving mean cost, before the update that
         # uses λ (Safe RLHF's order: record this batch's episode costs, step λ, then PPO)
@@ -173,19 +223,23 @@ def train(cfg: Config, resume_state: dict[str, Any] | None = None) -> Path:
 
         # 3. old log-probs, reference log-probs, values; KL-shaped rewards and GAE per stream
         with torch.no_grad(), record_function("advantages"):
-            old_logp, _, hidden = forward_response(
-                policy, ro.ids, ro.attn, ro.prompt_len, cfg.temperature, hidden=head_critic
-            )
-            if reference is not None:
-                ref_logp, _, _ = forward_response(
-                    reference, ro.ids, ro.attn, ro.prompt_len, cfg.temperature
-                )
-            else:  # LoRA policy: the reference is the base model, adapters off
-                with policy.disable_adapter():  # type: ignore[operator]  # a peft model
-                    ref_logp, _, _ = forward_response(
-                        policy, ro.ids, ro.attn, ro.prompt_len, cfg.temperature
+            parts = []
+            for chunk in split(torch.arange(len(prompts)), ro.mask, cfg.micro_batch_size):
+                ids, attn = ro.ids[chunk.rows], ro.attn[chunk.rows]
+                with amp():
+                    old, _, hidden = forward_response(
+                        policy, ids, attn, ro.prompt_len, dec, hidden=head_critic
                     )
-            old_values = critic(ro.ids, ro.attn, ro.prompt_len, hidden)
+                    if reference is not None:
+                        ref, _, _ = forward_response(reference, ids, attn, ro.prompt_len, dec)
+                    else:  # LoRA policy: the reference is the base model, adapters off
+                        with policy.disable_adapter():  # type: ignore[operator]  # peft
+                            ref, _, _ = forward_response(policy, ids, attn, ro.prompt_len, dec)
+                # the value heads stay float32 (outside autocast): GAE subtracts values
+                parts.append((old, ref, critic(ids, attn, ro.prompt_len, hidden)))
+            old_logp = torch.cat([old for old, _, _ in parts])
+            ref_logp = torch.cat([ref for _, ref, _ in parts])
+            old_values = torch.cat([values for _, _, values in parts], 1)
             mask = ro.mask.to(old_logp.dtype)
             advantages, returns = [], []
             for s in range(len(plan.streams)):
@@ -208,54 +262,100 @@ def train(cfg: Config, resume_state: dict[str, Any] | None = None) -> Path:
         # train() only switches gradient checkpointing on (presets that use it); no dropout left
         policy.train()
         critic.train()
-        stats: dict[str, list[float]] = {}
-        for _ in range(cfg.ppo_epochs):
+
+        def policy_losses(
+            rows: torch.Tensor,
+            ro: Rollout = ro,
+            mask: torch.Tensor = mask,
+            old_logp: torch.Tensor = old_logp,
+            advantages: list[torch.Tensor] = advantages,
+        ) -> list[torch.Tensor]:
+            """The k PPO losses of ``rows`` (what the half-batch cosine differentiates)."""
+            logp, logits, _ = forward_response(
+                policy, ro.ids[rows], ro.attn[rows], ro.prompt_len, dec
+            )
+            entropy = ppo.entropy_from_logits(logits, mask[rows])
+            return [
+                ppo.policy_loss(logp, old_logp[rows], adv[rows], mask[rows], cfg.clip_eps)[0]
+                - cfg.entropy_coef * entropy
+                for adv in advantages
+            ]
+
+        for epoch in range(cfg.ppo_epochs):
             order = torch.randperm(len(prompts))
             for lo in range(0, len(prompts), update_size):
                 mb = order[lo : lo + update_size]
-                with record_function("policy_update"):
-                    logp, logits, hidden = forward_response(
-                        policy,
-                        ro.ids[mb],
-                        ro.attn[mb],
-                        ro.prompt_len,
-                        cfg.temperature,
-                        hidden=head_critic,
-                    )
-                    entropy = ppo.entropy_from_logits(logits, mask[mb])
+                if cfg.signal_every and step % cfg.signal_every == 0 and lo == epoch == 0:
+                    # signal/<name>: cos of one objective's gradients on two halves of the batch
+                    with record_function("signal"):
+                        cosines = half_batch_cosines(policy_losses, mb, trainable)
+                    for name, c in zip(plan.loss_names, cosines, strict=True):
+                        add(stats, f"signal/{name}", c)
+                # micro-batches of --micro-batch-size sequences, each objective's gradient
+                # accumulated over them (integrations/accumulate.py); statistics weighted alike
+                chunks = split(mb, ro.mask, cfg.micro_batch_size)
+                hiddens: list[torch.Tensor | None] = []
+                sums: dict[str, float] = {}
+
+                def losses_of(
+                    chunk: MicroBatch,
+                    ro: Rollout = ro,
+                    mask: torch.Tensor = mask,
+                    old_logp: torch.Tensor = old_logp,
+                    advantages: list[torch.Tensor] = advantages,
+                    hiddens: list[torch.Tensor | None] = hiddens,
+                    sums: dict[str, float] = sums,
+                ) -> list[torch.Tensor]:
+                    """The k PPO losses of one micro-batch (token means over its rows)."""
+                    rows, w = chunk.rows, chunk.weight
+                    with amp():
+                        logp, logits, hidden = forward_response(
+                            policy, ro.ids[rows], ro.attn[rows], ro.prompt_len, dec, head_critic
+                        )
+                    hiddens.append(hidden)
+                    entropy = ppo.entropy_from_logits(logits, mask[rows])
+                    weigh(sums, "entropy", w, entropy.item())
                     losses = []
-                    for i, adv in enumerate(advantages):
+                    for name, adv in zip(plan.loss_names, advantages, strict=True):
                         loss, st = ppo.policy_loss(
-                            logp, old_logp[mb], adv[mb], mask[mb], cfg.clip_eps
+                            logp, old_logp[rows], adv[rows], mask[rows], cfg.clip_eps
                         )
                         losses.append(loss - cfg.entropy_coef * entropy)
-                        name = plan.loss_names[i]
-                        add(stats, f"clip_frac/{name}", st.clip_fraction)
-                        add(stats, f"approx_kl/{name}", st.approx_kl)
-                        add(stats, f"policy_loss/{name}", loss.detach().item())
-                    opt.zero_grad(set_to_none=True)
-                    info = opt.step(losses)
-                    sched.step()
-                add(stats, "entropy", entropy.item())
-                for key, value in info.as_dict(names=plan.loss_names).items():
-                    add(stats, key, value)
+                        weigh(sums, f"clip_frac/{name}", w, st.clip_fraction)
+                        weigh(sums, f"approx_kl/{name}", w, st.approx_kl)
+                        weigh(sums, f"policy_loss/{name}", w, loss.detach().item())
+                    return losses
+
+                opt.zero_grad(set_to_none=True)
+                info = accumulate_objectives(opt, chunks, losses_of, probe=probe is not None)
+                sched.step()
 
                 with record_function("critic"):
-                    values = critic(ro.ids[mb], ro.attn[mb], ro.prompt_len, hidden)
-                    v_losses = [
-                        ppo.value_loss(
-                            values[s], old_values[s][mb], returns[s][mb], mask[mb], cfg.clip_value
-                        )
-                        for s in range(len(plan.streams))
-                    ]
                     critic_opt.zero_grad(set_to_none=True)
-                    torch.stack(v_losses).sum().backward()
-                    all_reduce_grads(critic.parameters(), d)
+                    for chunk, hidden in zip(chunks, hiddens, strict=True):
+                        rows = chunk.rows
+                        values = critic(ro.ids[rows], ro.attn[rows], ro.prompt_len, hidden)
+                        v_losses = [
+                            ppo.value_loss(
+                                values[s],
+                                old_values[s][rows],
+                                returns[s][rows],
+                                mask[rows],
+                                cfg.clip_value,
+                            )
+                            for s in range(len(plan.streams))
+                        ]
+                        (chunk.weight * torch.stack(v_losses).sum()).backward()
+                        for name, v in zip(plan.streams, v_losses, strict=True):
+                            weigh(sums, f"value_loss/{name}", chunk.weight, v.item())
+                    # FSDP2 reduced the sharded trunks' gradients; the replicated rest is averaged
+                    replicated = [p for p in critic.parameters() if not is_sharded(p)]
+                    all_reduce_grads(replicated, d)
                     if cfg.max_grad_norm is not None:
-                        torch.nn.utils.clip_grad_norm_(critic.parameters(), cfg.max_grad_norm)
+                        clip_grad_norm_(critic.parameters(), cfg.max_grad_norm)
                     critic_opt.step()
-                for s, v in enumerate(v_losses):
-                    add(stats, f"value_loss/{plan.streams[s]}", v.item())
+                for key, value in [*sums.items(), *info.as_dict(names=plan.loss_names).items()]:
+                    add(stats, key, value)
 
         policy.eval()  # generation: KV cache on, checkpointing off
         critic.eval()
@@ -280,22 +380,38 @@ def train(cfg: Config, resume_state: dict[str, Any] | None = None) -> Path:
                 bar.set_postfix(progress_postfix(row, scorers), refresh=False)
             if (step + 1) % cfg.save_every == 0 or step + 1 == steps:
                 save_checkpoint(
-                    out, cfg, step + 1, policy, critic, opt, sched, critic_opt, lagrangians, d
+                    out,
+                    cfg,
+                    step + 1,
+                    policy,
+                    critic,
+                    opt,
+                    sched,
+                    critic_opt,
+                    lagrangians,
+                    d,
+                    reward_weights,
                 )
     bar.close()
 
-    if d.main:
-        if cfg.plots and steps > 0:
-            plot_metrics(out)
-        if cfg.eval_size != 0:
-            write_eval(out / "eval.json", evaluate_policy(setup, policy, cfg, cfg.eval_size))
-        save_policy(out, setup, policy)  # last: a LoRA policy is merged in place
+    if d.main and cfg.plots and steps > 0:
+        plot_metrics(out)
+    if cfg.eval_size != 0:  # every rank samples and scores its share; rank 0 writes
+        result = evaluate_policy(setup, policy, cfg, cfg.eval_size)
+        if d.main:
+            write_eval(out / "eval.json", result)
+    save_policy(out, setup, policy, d)  # last: a LoRA policy is merged in place
     barrier(d)
     return out
 
 
 def add(stats: dict[str, list[float]], key: str, value: float) -> None:
     stats.setdefault(key, []).append(value)
+
+
+def weigh(sums: dict[str, float], key: str, weight: float, value: float) -> None:
+    """Accumulate a micro-batch's token mean into the update batch's: Σ_c (N_c / N) x_c."""
+    sums[key] = sums.get(key, 0.0) + weight * value
 
 
 def find_module(model: torch.nn.Module, name: str) -> torch.nn.Module:

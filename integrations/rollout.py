@@ -9,10 +9,12 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from torch import nn
 
 from .common import Scorer, Setup
 from .config import Config
+from .sampling import Decoding, positions, response_logprobs, sample
 
 
 def prompt_indices(step: int, batch: int, n: int, seed: int, rank: int, world: int) -> list[int]:
@@ -35,9 +37,11 @@ def epoch_order(seed: int, epoch: int, n: int) -> list[int]:
     return np.random.default_rng([seed, epoch]).permutation(n).tolist()
 
 
-def positions(attention_mask: torch.Tensor) -> torch.Tensor:
-    """Position ids that skip left padding, as HF generate uses them."""
-    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+def decoding(cfg: Config) -> Decoding:
+    """The sampling distribution of ``cfg`` (temperature, top-p, repetition penalty)."""
+    return Decoding(
+        temperature=cfg.temperature, top_p=cfg.top_p, repetition_penalty=cfg.repetition_penalty
+    )
 
 
 def forward_response(
@@ -45,13 +49,16 @@ def forward_response(
     ids: torch.Tensor,
     attn: torch.Tensor,
     prompt_len: int,
-    temperature: float,
+    decoding: Decoding,
     hidden: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Log-probs ``[B, T]`` of the response tokens, their logits ``[B, T, V]`` and (``hidden``)
     the last hidden states ``[B, T, H]`` of the states that emit them.
 
-    Logits are divided by the sampling temperature: the policy PPO optimises is the one sampled.
+    The log-probs are those of the distribution the tokens were sampled from (repetition
+    penalty, temperature, top-p: :func:`integrations.sampling.response_logprobs`), so the PPO
+    ratio is one of sampling probabilities; the logits are divided by the temperature only
+    (for the entropy bonus).
     """
     out = model(
         input_ids=ids,
@@ -59,10 +66,10 @@ def forward_response(
         position_ids=positions(attn),
         output_hidden_states=hidden,
     )
-    logits = out.logits[:, prompt_len - 1 : -1].float() / temperature
-    logp = torch.log_softmax(logits, -1).gather(-1, ids[:, prompt_len:, None]).squeeze(-1)
+    raw = out.logits[:, prompt_len - 1 : -1].float()
+    logp = response_logprobs(raw, ids, prompt_len, decoding)
     states = out.hidden_states[-1][:, prompt_len - 1 : -1] if hidden else None
-    return logp, logits, states
+    return logp, raw / decoding.temperature, states
 
 
 @dataclass
@@ -75,33 +82,35 @@ class Rollout:
     prompt_len: int
 
 
+def _all_ranks_done(done: torch.Tensor) -> bool:
+    """Whether every row of every process has finished: sharded models (FSDP) need all ranks
+    to run the same number of forward passes, so they stop together."""
+    flag = done.all().to(torch.int32)
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+    return bool(flag)
+
+
 @torch.no_grad()
 def generate(setup: Setup, model: nn.Module, prompts: list[str], cfg: Config) -> Rollout:
-    """Sample one response per prompt (temperature, top_p, repetition penalty, max new tokens)."""
+    """Sample one response per prompt with the lean KV-cache loop of
+    :mod:`integrations.sampling` (``generate``'s distribution: temperature, top-p, repetition
+    penalty; at most ``max_new_tokens``)."""
     tok = setup.tokenizer
     enc = tok([setup.format_prompt(p) for p in prompts], return_tensors="pt", padding=True)
     enc = enc.to(next(model.parameters()).device)
-    out = model.generate(  # type: ignore[operator]  # a transformers GenerationMixin
-        **enc,
-        do_sample=True,
-        temperature=cfg.temperature,
-        top_p=cfg.top_p,
-        repetition_penalty=cfg.repetition_penalty,
+    out = sample(
+        model,  # type: ignore[arg-type]  # a transformers causal LM
+        enc["input_ids"],
+        enc["attention_mask"],
         max_new_tokens=cfg.max_new_tokens,
-        pad_token_id=tok.pad_token_id,
         eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+        decoding=decoding(cfg),
+        all_done=_all_ranks_done,
     )
-    prompt_len = enc["input_ids"].shape[1]
-    response = out[:, prompt_len:]
-    is_eos = response == tok.eos_token_id
-    # keep tokens up to and including the first EOS; everything after it is padding
-    after_eos = (is_eos.long().cumsum(-1) - is_eos.long()) > 0
-    mask = (~after_eos).long()
-    response = response.masked_fill(after_eos, tok.pad_token_id)
-    ids = torch.cat([enc["input_ids"], response], 1)
-    attn = torch.cat([enc["attention_mask"], mask], 1)
-    texts = tok.batch_decode(response, skip_special_tokens=True)
-    return Rollout(prompts, [t.strip() for t in texts], ids, attn, mask, prompt_len)
+    texts = tok.batch_decode(out.ids[:, out.prompt_len :], skip_special_tokens=True)
+    return Rollout(prompts, [t.strip() for t in texts], out.ids, out.attn, out.mask, out.prompt_len)
 
 
 def score(scorers: Sequence[Scorer], rollout: Rollout) -> torch.Tensor:

@@ -1,27 +1,36 @@
 """What a run writes and reads back: ``config.json``, ``metrics.jsonl`` (one row per iteration),
-``checkpoint.pt`` (atomic, for an exact ``--resume``), ``plots.png``, ``eval.json`` and, at the
-end, ``policy/`` (Hugging Face format) and, with LoRA, ``adapter/``."""
+``checkpoints/`` (sharded, atomic, for an exact ``--resume``), ``plots.png``, ``eval.json`` and,
+at the end, ``policy/`` (Hugging Face format) and, with LoRA, ``adapter/``."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
 import os
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_optimizer_state_dict,
+    set_model_state_dict,
+    set_optimizer_state_dict,
+)
 
-from . import ppo
+from . import checkpoint, ppo
 from .common import Scorer, Setup
 from .config import Config, config_hash
-from .dist import Dist, gather_objects, rng_state, set_rng_state
-from .methods import Plan
+from .dist import Dist, seed_everything
+from .methods import Plan, RewardWeights
 from .rollout import harmless_ratio, objective_rewards
+from .sharding import is_sharded_model
 
-CHECKPOINT = "checkpoint.pt"
+CHECKPOINTS = "checkpoints"
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -46,7 +55,7 @@ def open_run(cfg: Config) -> dict[str, Any] | None:
     out = Path(cfg.out)
     if cfg.resume:
         return load_checkpoint(out, cfg)
-    if (out / CHECKPOINT).exists():
+    if has_checkpoint(out):
         raise ValueError(
             f"--out {out} already holds a run; continue it with --resume {out} or "
             "choose another --out (nothing was overwritten)"
@@ -55,6 +64,34 @@ def open_run(cfg: Config) -> dict[str, Any] | None:
 
 
 # ----------------------------------------------------------------------------- checkpoints
+# Sharded DCP checkpoints in OUT/checkpoints/step-NNNNNNNN/ (integrations/checkpoint.py): tensors
+# (trainable policy weights, critic, both optimizers' states, Fast RL's reward weights) through
+# torch.distributed.checkpoint, the rest (schedule, multipliers, MOGD's own state) in meta.json.
+
+
+def has_checkpoint(out: Path) -> bool:
+    return checkpoint.latest_checkpoint(Path(out) / CHECKPOINTS) is not None
+
+
+def _tensor_state(
+    policy: nn.Module,
+    critic: nn.Module,
+    opt: Any,
+    critic_opt: torch.optim.Optimizer,
+    reward_weights: RewardWeights | None,
+) -> dict[str, Any]:
+    """The live state dicts a checkpoint is written from and loaded into (sharded as the models
+    are: FSDP2 parameters and optimizer states are DTensors, each rank holding its shards)."""
+    trained = StateDictOptions(ignore_frozen_params=True)
+    state = {
+        "policy": get_model_state_dict(policy, options=trained),
+        "critic": get_model_state_dict(critic, options=trained),
+        "optimizer": get_optimizer_state_dict(policy, opt.inner),
+        "critic_optimizer": get_optimizer_state_dict(critic, critic_opt),
+    }
+    if reward_weights is not None:
+        state["reward_weights"] = reward_weights.state_dict()
+    return state
 
 
 def save_checkpoint(
@@ -68,66 +105,71 @@ def save_checkpoint(
     critic_opt: torch.optim.Optimizer,
     lagrangians: list[ppo.Lagrangian],
     d: Dist,
+    reward_weights: RewardWeights | None = None,
 ) -> None:
-    """Everything a bit-exact continuation needs, written atomically (tmp file + os.replace):
-    trainable policy weights, critic, MOGD (incl. the inner AdamW) and critic optimizer states,
-    LR schedule, multipliers, every rank's RNG states, step and config hash."""
-    rngs = gather_objects(rng_state(), d)
-    if not d.main:
-        return
-    state = {
-        "format": 1,
-        "step": step,
+    """Everything a bit-exact continuation needs, as one atomic checkpoint (every rank calls
+    this): trainable policy weights, critic, MOGD's inner AdamW and the critic optimizer, LR
+    schedule, multipliers, MOGD's own state, Fast RL's reward weights, every rank's RNG states,
+    step and config hash. Only the newest checkpoint is kept."""
+    meta = {
         "config_hash": config_hash(cfg),
-        "policy": {n: p.detach().cpu() for n, p in policy.named_parameters() if p.requires_grad},
-        "critic": critic.state_dict(),
-        "optimizer": opt.state_dict(),
         "scheduler": sched.state_dict(),
-        "critic_optimizer": critic_opt.state_dict(),
         "lagrangians": [lag.state_dict() for lag in lagrangians],
-        "rng": rngs,
+        "mogd": opt.own_state_dict(),
     }
-    tmp = out / (CHECKPOINT + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, out / CHECKPOINT)
+    state = _tensor_state(policy, critic, opt, critic_opt, reward_weights)
+    checkpoint.save(Path(out) / CHECKPOINTS, step, state, meta)
 
 
 def load_checkpoint(out: Path, cfg: Config) -> dict[str, Any]:
-    """Read and check a checkpoint before any model loads; raises ValueError, writes nothing."""
-    path = out / CHECKPOINT
-    if not path.is_file():
-        raise ValueError(f"--resume {out}: no {CHECKPOINT} there (the run saved none yet)")
+    """Find and check the newest checkpoint before any model loads: its ``meta.json`` record plus
+    ``"path"``. Raises ValueError; writes nothing."""
+    path = checkpoint.latest_checkpoint(Path(out) / CHECKPOINTS)
+    if path is None:
+        raise ValueError(f"--resume {out}: no checkpoint in {out / CHECKPOINTS} (none saved yet)")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as err:  # torch raises several types for truncated/garbled files
+        meta = checkpoint.read_meta(path)
+    except checkpoint.CheckpointError as err:
         raise ValueError(
-            f"--resume {out}: {path} is corrupt or unreadable ({type(err).__name__}: "
-            f"{err}); nothing was overwritten"
+            f"--resume {out}: {path} is corrupt or unreadable ({err}); nothing was overwritten"
         ) from err
-    if not isinstance(state, dict) or state.get("format") != 1 or "step" not in state:
-        raise ValueError(
-            f"--resume {out}: {path} is not a checkpoint of this script; nothing was overwritten"
-        )
-    if state["config_hash"] != config_hash(cfg):
+    if meta.get("config_hash") != config_hash(cfg):
         raise ValueError(
             f"--resume {out}: {path} was written by another configuration (hash "
-            f"{state['config_hash']} != {config_hash(cfg)} of config.json); nothing "
+            f"{meta.get('config_hash')} != {config_hash(cfg)} of config.json); nothing "
             "was overwritten"
         )
-    return state
+    return {**meta, "path": str(path)}
+
+
+def read_checkpoint(out: Path) -> dict[str, Any]:
+    """The newest checkpoint of run ``out`` as plain CPU data (for inspection and tests): its
+    ``meta.json`` record and, by top-level name, the flat tensors (``policy``, ``critic``, ...)."""
+    path = checkpoint.latest_checkpoint(Path(out) / CHECKPOINTS)
+    if path is None:
+        raise ValueError(f"{out}: no checkpoint in {out / CHECKPOINTS}")
+    return {**checkpoint.read_meta(path), **checkpoint.read_tensors(path)}
+
+
+def _load_policy(state: dict[str, Any], policy: nn.Module) -> None:
+    checked = StateDictOptions(ignore_frozen_params=True, strict=True)
+    try:
+        set_model_state_dict(policy, state["policy"], options=checked)
+    except (KeyError, RuntimeError) as err:
+        raise ValueError(
+            "checkpoint's policy parameters do not match the model built by the preset "
+            f"(another preset or model version?): {err}"
+        ) from err
 
 
 def load_policy_weights(state: dict[str, Any], policy: nn.Module) -> None:
-    """Copy a checkpoint's trainable policy weights into ``policy`` (built by the same preset)."""
-    params = dict(policy.named_parameters())
-    if set(state["policy"]) != {n for n, p in params.items() if p.requires_grad}:
-        raise ValueError(
-            "checkpoint's policy parameters do not match the model built by the "
-            "preset (another preset or model version?)"
-        )
-    with torch.no_grad():
-        for name, value in state["policy"].items():
-            params[name].copy_(value)
+    """Load the trainable policy weights of checkpoint ``state`` (what :func:`load_checkpoint`
+    returned) into ``policy``, built by the same preset (any sharding)."""
+    trained = {
+        "policy": get_model_state_dict(policy, options=StateDictOptions(ignore_frozen_params=True))
+    }
+    checkpoint.load(Path(state["path"]), trained)
+    _load_policy(trained, policy)
 
 
 def restore(
@@ -139,38 +181,62 @@ def restore(
     critic_opt: torch.optim.Optimizer,
     lagrangians: list[ppo.Lagrangian],
     d: Dist,
+    reward_weights: RewardWeights | None = None,
 ) -> None:
-    """Put a run back in the state :func:`save_checkpoint` recorded."""
-    load_policy_weights(state, policy)
-    critic.load_state_dict(state["critic"])
-    opt.load_state_dict(state["optimizer"])
+    """Put a run back in the state :func:`save_checkpoint` recorded (at any world size; the RNG
+    streams continue exactly at the world size that wrote it, and are reseeded otherwise)."""
+    path = Path(state["path"])
+    live = _tensor_state(policy, critic, opt, critic_opt, reward_weights)
+    checkpoint.load(path, live)
+    _load_policy(live, policy)
+    set_model_state_dict(
+        critic, live["critic"], options=StateDictOptions(ignore_frozen_params=True)
+    )
+    set_optimizer_state_dict(policy, opt.inner, live["optimizer"])
+    set_optimizer_state_dict(critic, critic_opt, live["critic_optimizer"])
+    opt.check_own_state(state["mogd"])
+    opt.load_own_state(state["mogd"])
     sched.load_state_dict(state["scheduler"])
-    critic_opt.load_state_dict(state["critic_optimizer"])
     for lag, s in zip(lagrangians, state["lagrangians"], strict=True):
         lag.load_state_dict(s)
-    rngs = state["rng"]
-    if len(rngs) != d.world:
-        raise ValueError(
-            f"checkpoint was written by {len(rngs)} processes, resuming with "
-            f"{d.world}; relaunch with the same process count"
+    if reward_weights is not None:
+        reward_weights.load_state_dict(live["reward_weights"])
+    if not checkpoint.restore_rng(path):
+        warnings.warn(
+            f"{path} was written by {state['world_size']} processes, resumed by {d.world}: the "
+            "weights and optimizer state continue, the sampling streams are reseeded",
+            RuntimeWarning,
+            stacklevel=2,
         )
-    set_rng_state(rngs[d.rank])
+        seed_everything(int(state["step"]) * 1000 + d.rank)
 
 
-def save_policy(out: Path, setup: Setup, policy: nn.Module) -> Path:
+def save_policy(out: Path, setup: Setup, policy: nn.Module, d: Dist) -> Path:
     """``out/policy/``: the policy in Hugging Face format (``save_pretrained``) with its
     tokenizer, in the dtype of its (master) weights, loadable by
-    ``AutoModelForCausalLM.from_pretrained``. A LoRA policy also writes its adapter to
-    ``out/adapter/`` and saves the merged model; the merge happens in place, so this is the last
-    thing a run does with its policy."""
+    ``AutoModelForCausalLM.from_pretrained``; rank 0 writes it (every rank calls this). An
+    FSDP2-sharded policy is gathered to rank 0's CPU first. A LoRA policy also writes its adapter
+    to ``out/adapter/`` and saves the merged model; the merge happens in place, so this is the
+    last thing a run does with its policy."""
     path = out / "policy"
     model: Any = policy
-    if hasattr(policy, "merge_and_unload"):  # peft: the adapter alone, then the merged model
+    if is_sharded_model(policy):  # every rank sends its shards; rank 0 saves an unwrapped twin
+        full = StateDictOptions(full_state_dict=True, cpu_offload=True)
+        weights = get_model_state_dict(policy, options=full)
+        if d.main:
+            from transformers import AutoModelForCausalLM
+
+            with torch.device("meta"):
+                model = AutoModelForCausalLM.from_config(policy.config)  # type: ignore[arg-type]
+            model.load_state_dict(weights, assign=True)
+            model.generation_config = policy.generation_config  # type: ignore[assignment]
+    elif hasattr(policy, "merge_and_unload") and d.main:  # peft: the adapter, then the merge
         policy.save_pretrained(out / "adapter")  # type: ignore[operator]
         setup.tokenizer.save_pretrained(out / "adapter")
         model = policy.merge_and_unload()  # type: ignore[operator]
-    model.save_pretrained(path)
-    setup.tokenizer.save_pretrained(path)
+    if d.main:
+        model.save_pretrained(path)
+        setup.tokenizer.save_pretrained(path)
     return path
 
 

@@ -29,6 +29,7 @@ wrong even before the first update.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -111,10 +112,12 @@ def sample(
     pad_token_id: int,
     decoding: Decoding,
     generator: torch.Generator | None = None,
+    all_done: Callable[[torch.Tensor], bool] | None = None,
 ) -> Sample:
     """Sample up to ``max_new_tokens`` tokens per left-padded prompt with a KV cache.
 
-    Stops early once every row has emitted EOS. The draws come from the global RNG (as in
+    Stops early once ``all_done(done)`` (default: every row has emitted EOS; sharded models
+    pass a test that agrees across processes). The draws come from the global RNG (as in
     ``generate``) unless ``generator`` is given.
     """
     if max_new_tokens < 1:
@@ -150,7 +153,8 @@ def sample(
         logps.append(lp.masked_fill(done, 0.0))
         tokens.append(nxt)
         done = done | (nxt == eos_token_id)
-        if bool(done.all()) or step + 1 == max_new_tokens:
+        finished = all_done(done) if all_done is not None else bool(done.all())
+        if finished or step + 1 == max_new_tokens:
             break
         if seen is not None:
             seen.scatter_(1, nxt[:, None], True)

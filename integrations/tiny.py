@@ -336,4 +336,5 @@ def build_tiny_setup(
         train_prompts=rl_prompts(load_corpus("train")),
         eval_prompts=rl_prompts(load_corpus("eval")),
         format_prompt=format_prompt,
+        categories=prompt_categories(),
     )

@@ -15,11 +15,12 @@ import torch
 from integrations import presets
 from integrations import rlhf_mistral as rl
 from integrations.config import Config, make_config, total_steps, validate
-from integrations.runio import CHECKPOINT, read_metrics
+from integrations.runio import has_checkpoint, read_checkpoint, read_metrics
 
 TINY_RUN = [
-    "--steps", "2", "--batch-size", "4", "--minibatch-size", "4", "--max-new-tokens", "8",
-    "--eval-size", "4", "--save-every", "1", "--no-progress", "--no-plots",
+    "--steps", "2", "--batch-size", "4", "--grad-accum", "1", "--minibatch-size", "4",
+    "--max-new-tokens", "8", "--eval-size", "4", "--eval-samples", "2", "--signal-every", "1",
+    "--save-every", "1", "--no-progress", "--no-plots",
 ]  # fmt: skip
 
 
@@ -168,6 +169,7 @@ SINGLE = {
     "ppo-h": ["--method", "ppo-h"],
     "ppo-s": ["--method", "ppo-s"],
     "safe-rlhf": ["--method", "safe-rlhf", "--lambda-lr", "0.5"],
+    "fast-rl": ["--method", "fast-rl", "--weight-lr", "0.5"],
 }
 
 
@@ -188,7 +190,7 @@ def test_every_method_trains(name, tiny, tmp_path):
         for key in [*keys, "lr"]:
             assert finite(r[key]), (key, r)
         assert 1 <= r["response_length"] <= 8
-    state = torch.load(out / CHECKPOINT, weights_only=False)
+    state = read_checkpoint(out)
     assert state["step"] == 2
     moved = [n for n, v in state["policy"].items() if not torch.equal(v, sft[n])]
     assert moved, "the policy did not change"
@@ -214,9 +216,18 @@ def test_every_method_trains(name, tiny, tmp_path):
         assert "cosine" not in rows[0] or rows[0]["cosine"] is None
         loss_name = next(k for k in rows[0] if k.startswith("weight/"))
         assert all(r[loss_name] == 1.0 for r in rows)  # k = 1: MOGD is the inner optimizer
-    if name == "safe-rlhf":  # log λ ← log λ + lr·λ·(C̄ − d), d = 0, λ_0 = 1, before the update
-        expected = math.exp(0.5 * 1.0 * rows[0]["harmless/cost_mean"])
+    if name == "safe-rlhf":  # log λ ← log λ + lr·λ·(C̄ − d), λ_0 = 1, before the update
+        d = make_config("tiny").lambda_threshold  # the tiny preset's binding threshold
+        expected = math.exp(0.5 * 1.0 * (rows[0]["harmless/cost_mean"] - d))
         assert rows[0]["lambda/harmless"] == pytest.approx(min(expected, 5.0), rel=1e-5)
+    if name == "fast-rl":  # w ∝ w·exp(−η r̄) from ½, ½, before each update (Li et al. 2024)
+        r0 = [rows[0]["helpful/reward_mean"], rows[0]["harmless/reward_mean"]]
+        z = [math.exp(-0.5 * v) for v in r0]
+        assert rows[0]["reward_weight/helpful"] == pytest.approx(z[0] / sum(z), rel=1e-5)
+        assert rows[1]["reward_weight/helpful"] != rows[0]["reward_weight/helpful"]
+    for r in rows:  # --signal-every 1: each loss's half-batch gradient cosine
+        signal = [v for k, v in r.items() if k.startswith("signal/")]
+        assert signal and all(-1.0 <= v <= 1.0 for v in signal)
 
 
 @pytest.mark.slow
@@ -224,7 +235,7 @@ def test_run_leaves_a_loadable_policy(tiny, tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     out, _ = run(tmp_path / "one", "--method", "gapo", "--steps", "1", "--eval-size", "0")
-    trained = torch.load(out / CHECKPOINT, weights_only=False)["policy"]
+    trained = read_checkpoint(out)["policy"]
     model = AutoModelForCausalLM.from_pretrained(out / "policy")
     assert all(p.dtype == torch.float32 for p in model.parameters())  # the master weights' dtype
     for name, p in model.named_parameters():
@@ -237,7 +248,7 @@ def test_run_leaves_a_loadable_policy(tiny, tmp_path):
     sft = tiny(Config()).policy.state_dict()
     start = AutoModelForCausalLM.from_pretrained(zero / "policy").state_dict()
     assert start.keys() == sft.keys() and all(torch.equal(start[k], sft[k]) for k in sft)
-    assert not (zero / CHECKPOINT).exists()
+    assert not has_checkpoint(zero)
 
 
 @pytest.mark.slow
@@ -246,8 +257,8 @@ def test_grad_accum_sets_the_batch_of_each_update(tiny, tmp_path):
     accum, _ = run(tmp_path / "accum", *argv, "--grad-accum", "2")
     plain, _ = run(tmp_path / "plain", *argv, "--batch-size", "4")
     # both sample 4 prompts; with --grad-accum 2 one update sees all 4, without it two see 2
-    assert torch.load(accum / CHECKPOINT, weights_only=False)["scheduler"]["last_epoch"] == 1
-    assert torch.load(plain / CHECKPOINT, weights_only=False)["scheduler"]["last_epoch"] == 2
+    assert read_checkpoint(accum)["scheduler"]["last_epoch"] == 1
+    assert read_checkpoint(plain)["scheduler"]["last_epoch"] == 2
 
 
 @pytest.mark.slow
@@ -282,11 +293,10 @@ def test_resume_continues_exactly(tiny, tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         rl.train(rl.parse_config([*TINY_RUN, "--out", str(tmp_path / "cut"), *argv]))
     monkeypatch.setattr(rl, "generate", real)
-    assert torch.load(tmp_path / "cut" / CHECKPOINT, weights_only=False)["step"] == 2
+    assert read_checkpoint(tmp_path / "cut")["step"] == 2
     rl.train(rl.parse_config(["--resume", str(tmp_path / "cut")]))
 
-    a = torch.load(full / CHECKPOINT, weights_only=False)
-    b = torch.load(tmp_path / "cut" / CHECKPOINT, weights_only=False)
+    a, b = read_checkpoint(full), read_checkpoint(tmp_path / "cut")
     assert a["step"] == b["step"] == 3
     for name in a["policy"]:
         assert torch.equal(a["policy"][name], b["policy"][name]), name
@@ -310,21 +320,22 @@ def test_bad_checkpoints_fail_clearly_and_touch_nothing(tiny, tmp_path, capsys):
 
     bad = tmp_path / "corrupt"
     shutil.copytree(out, bad)
-    blob = (bad / CHECKPOINT).read_bytes()[:1000]
-    (bad / CHECKPOINT).write_bytes(blob)
+    meta = next((bad / "checkpoints").iterdir()) / "meta.json"
+    blob = meta.read_bytes()[:20]
+    meta.write_bytes(blob)
     assert rl.main(["--resume", str(bad)]) == 2
     assert "corrupt" in capsys.readouterr().err
-    assert (bad / CHECKPOINT).read_bytes() == blob
+    assert meta.read_bytes() == blob
 
     other = tmp_path / "mismatch"
     shutil.copytree(out, other)
     cfg = json.loads((other / "config.json").read_text())
     cfg["beta"] = 0.2
     (other / "config.json").write_text(json.dumps(cfg))
-    before = (other / CHECKPOINT).read_bytes()
+    before = sorted((other / "checkpoints").rglob("*"))
     assert rl.main(["--resume", str(other)]) == 2
     assert "another configuration" in capsys.readouterr().err
-    assert (other / CHECKPOINT).read_bytes() == before
+    assert sorted((other / "checkpoints").rglob("*")) == before
 
 
 @pytest.mark.slow
@@ -337,16 +348,32 @@ def test_evaluate_sweep_and_compare(tiny, tmp_path, monkeypatch):
 
     assert ev.main(["sweep", "--out", str(tmp_path / "sweep"), *base]) == 0
     summary = json.loads((tmp_path / "sweep" / "sweep.json").read_text())
+    # every family on the same grid, measured from one reference point
     assert [(p["family"], p["lambda"]) for p in summary["points"]] == [
-        ("pgapo", 0.2), ("morlhf", 0.2), ("pgapo", 0.5)
+        ("pgapo", 0.2), ("morlhf", 0.2), ("rs", 0.2)
     ]  # fmt: skip
-    for family in ("pgapo", "morlhf"):
+    for family in ("pgapo", "morlhf", "rs"):
         assert summary["families"][family]["hypervolume"] > 0  # the reference is below every point
+    for p in summary["points"]:
+        assert all(
+            p[n] > r for n, r in zip(summary["objectives"], summary["reference"], strict=True)
+        )
     assert (tmp_path / "sweep" / "front.png").stat().st_size > 0
+    assert (tmp_path / "sweep" / "ppo-h-seed0" / "eval.json").is_file()  # RS's experts
 
     assert ev.main(["compare", "--out", str(tmp_path / "cmp"), "--seeds", "0", "1", *base]) == 0
+    report = json.loads((tmp_path / "cmp" / "compare.json").read_text())
+    assert report["objectives"] == ["helpful", "harmless"]
+    assert [(r["method"], r["seed"]) for r in report["rows"]] == [
+        ("sft", 0), ("sft", 1), ("gapo-p1", 0), ("gapo-p1", 1)
+    ]  # fmt: skip
+    for r in report["rows"]:
+        assert set(r) == {"method", "seed", "scores", "harmless_ratio"}
+        assert set(r["scores"]) == {"helpful", "harmless"} and 0 <= r["harmless_ratio"] <= 1
+    assert set(report["groups"]) == {"benign", "harmful"}
     table = (tmp_path / "cmp" / "compare.md").read_text()
-    assert "| SFT |" in table and "| GAPO p=1 |" in table and "harmless ratio" in table
+    assert "| sft |" in table and "| gapo-p1 |" in table and "HV contribution" in table
+    assert "harmful prompts" in table
     assert (tmp_path / "cmp" / "compare.csv").read_text().startswith("method,seeds,helpful")
 
     # rerunning reuses finished runs, but never the runs of another configuration

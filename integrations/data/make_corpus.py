@@ -607,7 +607,7 @@ def harmful_mockery(rng: random.Random) -> list[tuple[str, str, str, str, str]]:
     return out
 
 
-def build_rows() -> list[dict[str, str]]:
+def build_rows() -> list[dict[str, object]]:
     """All corpus rows, in a fixed order, each with its split."""
     rng = random.Random(SEED)
     benign = []
@@ -647,7 +647,7 @@ def build_rows() -> list[dict[str, str]]:
     return rows
 
 
-def render(rows: list[dict[str, str]], which: str) -> str:
+def render(rows: list[dict[str, object]], which: str) -> str:
     keep = [{k: v for k, v in r.items() if k != "split"} for r in rows if r["split"] == which]
     return "".join(json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n" for r in keep)
 

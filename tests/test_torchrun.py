@@ -1,0 +1,133 @@
+"""The pipeline under ``torchrun`` with 2 CPU processes (gloo), FSDP2-sharded: a run writes two
+metrics rows, one eval.json, a sharded checkpoint and ``policy/``; a run killed with SIGKILL and
+resumed under torchrun retraces the uninterrupted one exactly.
+
+The command line is ``rlhf_mistral.py``'s own ``main`` under ``torchrun``; a launcher only points
+the tiny preset at a cache built once here with a short SFT (the tests check the engine, not the
+policy's prose).
+"""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from integrations.runio import read_checkpoint, read_metrics
+
+ROOT = Path(__file__).resolve().parents[1]
+SFT_STEPS = 40
+RUN = [
+    "--preset", "tiny", "--fsdp", "--batch-size", "4", "--grad-accum", "1",
+    "--minibatch-size", "4", "--micro-batch-size", "2", "--max-new-tokens", "8",
+    "--eval-size", "4", "--eval-samples", "1", "--signal-every", "0", "--no-progress",
+    "--no-plots",
+]  # fmt: skip
+LAUNCHER = """
+import sys
+sys.path.insert(0, {root!r})
+from integrations import presets, rlhf_mistral
+from integrations.tiny import build_tiny_setup
+
+presets.build_setup = lambda cfg: build_tiny_setup({cache!r}, seed=cfg.sft_seed, sft_steps={steps})
+sys.exit(rlhf_mistral.main())
+"""
+
+
+@pytest.fixture(scope="module")
+def launcher(tmp_path_factory):
+    from integrations.tiny import build_tiny_setup
+
+    root = tmp_path_factory.mktemp("torchrun")
+    cache = root / "tiny-cache"
+    build_tiny_setup(cache, seed=0, sft_steps=SFT_STEPS)  # both ranks load it
+    path = root / "launch.py"
+    path.write_text(
+        textwrap.dedent(LAUNCHER.format(root=str(ROOT), cache=str(cache), steps=SFT_STEPS))
+    )
+    return path
+
+
+def torchrun(launcher, *argv):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+        "--master_port", str(port), str(launcher), *argv,
+    ]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen(
+        command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+
+
+def descendants(pid):
+    """Every process below ``pid`` (torchrun's agent starts the ranks in their own sessions)."""
+    found = []
+    for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split():
+        found += [int(child), *descendants(int(child))]
+    return found
+
+
+def finish(proc):
+    out, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, out[-4000:]
+
+
+@pytest.mark.slow
+def test_torchrun_fsdp_run_writes_metrics_eval_checkpoint_and_policy(launcher, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    out = tmp_path / "run"
+    finish(torchrun(launcher, *RUN, "--steps", "2", "--out", str(out)))
+    assert [r["step"] for r in read_metrics(out / "metrics.jsonl")] == [1, 2]
+    result = json.loads((out / "eval.json").read_text())
+    assert result["prompts"] == 4 and set(result["objectives"]) == {"helpful", "harmless"}
+    state = read_checkpoint(out)
+    assert state["step"] == 2 and state["world_size"] == 2
+    step_dir = next((out / "checkpoints").iterdir())
+    assert {p.name for p in step_dir.glob("*.distcp")} == {"__0_0.distcp", "__1_0.distcp"}
+    policy = AutoModelForCausalLM.from_pretrained(out / "policy")
+    assert all(p.dtype == torch.float32 for p in policy.parameters())
+    for name, p in policy.named_parameters():  # rank 0 gathered the shards into the export
+        assert torch.equal(p, state["policy"][name]), name
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="finds the ranks through /proc")
+def test_torchrun_sigkill_and_resume_continues_exactly(launcher, tmp_path):
+    argv = [*RUN, "--steps", "5", "--save-every", "1"]
+    full = tmp_path / "full"
+    finish(torchrun(launcher, *argv, "--out", str(full)))
+
+    cut = tmp_path / "cut"
+    proc = torchrun(launcher, *argv, "--out", str(cut))
+    deadline = time.time() + 600
+    while not (cut / "checkpoints" / "step-00000002").exists():
+        assert proc.poll() is None and time.time() < deadline, "no second checkpoint"
+        time.sleep(0.05)
+    for pid in [proc.pid, *descendants(proc.pid)]:  # torchrun and both ranks, mid-step
+        os.kill(pid, signal.SIGKILL)
+    proc.communicate()
+    killed_at = read_checkpoint(cut)["step"]
+    assert 2 <= killed_at < 5
+    finish(torchrun(launcher, "--resume", str(cut)))
+
+    rows, resumed = read_metrics(full / "metrics.jsonl"), read_metrics(cut / "metrics.jsonl")
+    assert [r["step"] for r in resumed] == [1, 2, 3, 4, 5]  # cut back to the checkpoint
+    for a, b in zip(rows, resumed, strict=True):
+        assert {k: v for k, v in a.items() if k != "seconds"} == {
+            k: v for k, v in b.items() if k != "seconds"
+        }
+    a, b = read_checkpoint(full), read_checkpoint(cut)
+    for part in ("policy", "critic", "optimizer"):
+        for name, tensor in a[part].items():
+            assert torch.equal(tensor, b[part][name]), (part, name)
