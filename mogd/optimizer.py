@@ -320,7 +320,7 @@ class MOGD(WrappedOptimizer):
         if grads and (scale is not None or self.max_norm is not None):
             with record_function("mogd.clip"), torch.no_grad():
                 for g in grads:
-                    distributed.local_tensor(g).mul_(coef.to(g.device, g.dtype))
+                    distributed.local_tensor(g).mul_(coef.to(g.device))
         return self._inner_step(G, result, bad, norm)
 
     def _solve(
