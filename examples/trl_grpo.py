@@ -3,6 +3,7 @@
     python examples/trl_grpo.py                                  # tiny SFT policy, GAPO(p=1), CPU
     python examples/trl_grpo.py --weighting pgapo --preference 0.7 0.3
     python examples/trl_grpo.py --weighting linear               # the weighted-sum baseline
+    python examples/trl_grpo.py --probe lm_head                  # weights from the LM head only
     python examples/trl_grpo.py --model path/to/small-causal-lm  # any local Hugging Face model
     accelerate launch --num_processes 2 examples/trl_grpo.py     # DDP (or FSDP2) via accelerate
 
@@ -70,6 +71,7 @@ def main() -> None:
     parser.add_argument("--beta", type=float, default=0.05, help="KL coefficient (paper: 0.05)")
     parser.add_argument("--epsilon", type=float, default=0.1, help="ratio clip (paper: 0.1)")
     parser.add_argument("--max-grad-norm", type=float, default=1.0, help="clip of the direction")
+    parser.add_argument("--probe", default=None, help="probe module, e.g. lm_head (default: full)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--cache-dir", default="~/.cache/mogd", help="tiny policy cache")
     parser.add_argument("--out", default="runs/trl-grpo")
@@ -130,6 +132,7 @@ def main() -> None:
         train_dataset=dataset,
         processing_class=tokenizer,
         weighting=weighting,
+        probe=args.probe,
     )
     trainer.train()
     trainer.save_model(args.out)

@@ -13,7 +13,9 @@ normalisation) and takes one policy-gradient step on it. This trainer keeps the 
    (``with opt.objective(j)``), which wraps the optimizer TRL built; at the optimizer step MOGD forms
    the Gram of the k gradients, the weighting's w (GAPO Eq. 6–7, P-GAPO Eq. 8, MGDA, Linear; Li et
    al., ACL 2025, arXiv 2507.01915), the direction d = Σ_j w_j g_j clipped to ``max_grad_norm``, and
-   the inner step. Gradient accumulation, the LR scheduler and checkpoints work as in TRL.
+   the inner step. Gradient accumulation, the LR scheduler and checkpoints work as in TRL. With
+   ``probe=`` (paper App. B) the weights come from the probe's k gradients and one backward of
+   Σ_j w_j L_j runs instead (``opt.backward``).
 
 GRPO + GAPO is an extension: the paper applies GAPO to PPO with a learned critic. Here the per-reward
 policy gradients are GRPO's (critic-free, group baselines); the weighting math is the paper's.
@@ -231,8 +233,9 @@ class MOGDGRPOTrainer(trl.GRPOTrainer):
         return self.optimizer
 
     def _clip_grad_norm(self, model: torch.nn.Module) -> None:
-        # Each parameter's .grad is one objective's bank row until MOGD.step: clipping it would clip
-        # that objective alone. MOGD clips the combined direction instead (max_norm).
+        # Before MOGD.step a parameter's .grad is one objective's bank row (full mode) or an
+        # unfinished combination (probe mode under a GradScaler): clipping it here would clip the
+        # wrong vector. MOGD clips the direction d itself (max_norm).
         return None
 
     def _get_grad_norm(self, model: torch.nn.Module, grad_norm: Any = None) -> None:
@@ -250,7 +253,11 @@ class MOGDGRPOTrainer(trl.GRPOTrainer):
         output = super()._generate_and_score_completions(inputs)
         rewards, self._rewards_per_objective = self._rewards_per_objective, None
         if rewards is None:
-            raise RuntimeError("GRPOTrainer scored completions without _calculate_rewards")
+            raise RuntimeError(
+                f"TRL {trl.__version__} scored completions without GRPOTrainer._calculate_rewards, "
+                "so the per-reward scores never reached MOGDGRPOTrainer; use a TRL version of the "
+                "mogd[trl] extra"
+            )
         training = self.model is not None and self.model.training
         groups = self.num_generations if training else self.num_generations_eval
         assert groups is not None
