@@ -241,6 +241,8 @@ class MOGD(WrappedOptimizer):
             weights = list(torch.where(bad, math.nan, result.weights))
         with record_function("mogd.combine"):
             self._probe.weighted_backward(weights, losses)
+        if self._probed is not None:  # accumulation: one bad micro-batch spoils the step
+            bad = bad | self._probed["bad"].to(bad.device)
         self._probed = {"G": G, "result": result, "bad": bad}
 
     # -- the step ----------------------------------------------------------------------------------
