@@ -335,3 +335,31 @@ def test_step_phases_are_profiler_ranges(probe):
         opt.step(make_losses(model, torch.randn(8, 6)))
     names = {e.name for e in prof.events()}
     assert {"mogd.gram", "mogd.weights", "mogd.combine", "mogd.clip", "mogd.inner_step"} <= names
+
+
+def test_probe_backward_accumulates_micro_batches_and_a_bad_one_skips():
+    """opt.backward per micro-batch (TRL's gradient accumulation): each micro-batch is weighted by
+    its own probe Gram and the weighted gradients add up; one non-finite micro-batch skips the step."""
+    model = make_model(seed=39, dtype=torch.float64)
+    head = model[2]
+    xs = [torch.randn(8, 6, dtype=torch.float64) for _ in range(2)]
+    lr = 0.1
+    opt = MOGD(torch.optim.SGD(model.parameters(), lr=lr), mogd.MGDA(), probe=head)
+    params = list(model.parameters())
+    total = torch.zeros(sum(p.numel() for p in params), dtype=torch.float64)
+    for x in xs:
+        losses = make_losses(model, x)
+        Jh = flat_grads(losses, list(head.parameters()))
+        total += mogd.min_norm(Jh @ Jh.T).weights @ flat_grads(losses, params)
+    expected = flat(params) - lr * total
+    for x in xs:
+        opt.backward(make_losses(model, x))
+    assert not opt.step().skipped
+    torch.testing.assert_close(flat(model.parameters()), expected, rtol=0, atol=1e-12)
+    opt.zero_grad()
+    snap = snapshot(model, opt)
+    opt.backward(nan_at(make_losses(model, xs[0]), model, xs[0], 1))
+    opt.backward(make_losses(model, xs[1]))
+    with pytest.warns(RuntimeWarning, match="non-finite"):
+        assert opt.step().skipped
+    assert_same(model, opt, snap)
