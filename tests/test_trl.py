@@ -502,25 +502,30 @@ sys.path.insert(0, {tests!r})
 sys.path.append({repo!r})
 import test_trl as t
 
-trainer, record = t.make_trainer({out!r}, [t.length_reward, t.positive_reward], steps=2, accumulation=2)
-trainer.train()
-rank = trainer.accelerator.process_index
-flat = [p.detach().double().reshape(-1) for p in trainer.model.parameters()]
-with open(os.path.join({out!r}, f"rank{{rank}}.json"), "w") as f:
-    json.dump({{
-        "weights": [info.weights.tolist() for info in record.infos],
-        "gram": [info.gram.tolist() for info in record.infos],
-        "params": t.torch.cat(flat).tolist(),
-        "optimizer": repr(trainer.mogd_optimizer),
-        "world": trainer.accelerator.num_processes,
-    }}, f)
+for mode, probe in [("full", None), ("probe", "lm_head")]:
+    out = os.path.join({out!r}, mode)
+    trainer, record = t.make_trainer(
+        out, [t.length_reward, t.positive_reward], steps=2, accumulation=2, probe=probe
+    )
+    trainer.train()
+    rank = trainer.accelerator.process_index
+    flat = [p.detach().double().reshape(-1) for p in trainer.model.parameters()]
+    with open(os.path.join(out, f"rank{{rank}}.json"), "w") as f:
+        json.dump({{
+            "weights": [info.weights.tolist() for info in record.infos],
+            "gram": [info.gram.tolist() for info in record.infos],
+            "params": t.torch.cat(flat).tolist(),
+            "optimizer": repr(trainer.mogd_optimizer),
+            "world": trainer.accelerator.num_processes,
+        }}, f)
 """
 
 
 @pytest.mark.slow
 def test_two_process_gloo_run_agrees_on_the_weights(tmp_path):
     """torchrun, 2 CPU processes: accelerate wraps the policy in DDP over gloo; MOGD averages the
-    per-objective gradients across ranks, so both ranks log the same weights and stay in sync."""
+    per-objective gradients (full mode) or the probe's (probe mode) across ranks, so both ranks log
+    the same weights and stay in sync."""
     script = tmp_path / "worker.py"
     out = tmp_path / "run"
     out.mkdir()
@@ -531,11 +536,12 @@ def test_two_process_gloo_run_agrees_on_the_weights(tmp_path):
         [*command, str(script)], env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path
     )
     assert run.returncode == 0, run.stderr[-4000:]
-    ranks = [json.loads((out / f"rank{r}.json").read_text()) for r in range(2)]
-    assert all(r["world"] == 2 for r in ranks)
-    assert all("replicated(DDP, world_size=2)" in r["optimizer"] for r in ranks)
-    assert len(ranks[0]["weights"]) == 2
-    assert ranks[0]["weights"] == ranks[1]["weights"]
-    assert ranks[0]["gram"] == ranks[1]["gram"]
-    assert np.isfinite(ranks[0]["weights"]).all() and np.array(ranks[0]["weights"]).any()
-    assert ranks[0]["params"] == ranks[1]["params"]
+    for mode in ("full", "probe"):
+        ranks = [json.loads((out / mode / f"rank{r}.json").read_text()) for r in range(2)]
+        assert all(r["world"] == 2 for r in ranks)
+        assert all("replicated(DDP, world_size=2)" in r["optimizer"] for r in ranks)
+        assert len(ranks[0]["weights"]) == 2
+        assert ranks[0]["weights"] == ranks[1]["weights"]
+        assert ranks[0]["gram"] == ranks[1]["gram"]
+        assert np.isfinite(ranks[0]["weights"]).all() and np.array(ranks[0]["weights"]).any()
+        assert ranks[0]["params"] == ranks[1]["params"]
