@@ -9,6 +9,7 @@ policy's prose).
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -82,12 +83,18 @@ def finish(proc):
     assert proc.returncode == 0, out[-4000:]
 
 
+@pytest.fixture(scope="module")
+def two_rank_run(launcher, tmp_path_factory):
+    out = tmp_path_factory.mktemp("two-ranks") / "run"
+    finish(torchrun(launcher, *RUN, "--steps", "2", "--out", str(out)))
+    return out
+
+
 @pytest.mark.slow
-def test_torchrun_fsdp_run_writes_metrics_eval_checkpoint_and_policy(launcher, tmp_path):
+def test_torchrun_fsdp_run_writes_metrics_eval_checkpoint_and_policy(two_rank_run):
     from transformers import AutoModelForCausalLM
 
-    out = tmp_path / "run"
-    finish(torchrun(launcher, *RUN, "--steps", "2", "--out", str(out)))
+    out = two_rank_run
     assert [r["step"] for r in read_metrics(out / "metrics.jsonl")] == [1, 2]
     result = json.loads((out / "eval.json").read_text())
     assert result["prompts"] == 4 and set(result["objectives"]) == {"helpful", "harmless"}
@@ -131,3 +138,25 @@ def test_torchrun_sigkill_and_resume_continues_exactly(launcher, tmp_path):
     for part in ("policy", "critic", "optimizer"):
         for name, tensor in a[part].items():
             assert torch.equal(tensor, b[part][name]), (part, name)
+
+
+@pytest.mark.slow
+def test_a_two_rank_checkpoint_resumes_in_one_process(launcher, two_rank_run, tmp_path):
+    """Another world size: the sharded checkpoint loads into one FSDP2 process (the weights and
+    optimizer state continue; the per-rank sampling streams cannot, and are reseeded)."""
+    from transformers import AutoModelForCausalLM
+
+    run = tmp_path / "run"
+    shutil.copytree(two_rank_run, run, ignore=shutil.ignore_patterns("policy", "eval.json"))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(
+        [sys.executable, str(launcher), "--resume", str(run)],
+        env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-4000:]
+    assert "resumed by 1" in done.stderr and "reseeded" in done.stderr
+    written = read_checkpoint(two_rank_run)["policy"]
+    policy = AutoModelForCausalLM.from_pretrained(run / "policy")
+    for name, p in policy.named_parameters():
+        assert torch.equal(p, written[name]), name
+    assert (run / "eval.json").is_file()
