@@ -294,11 +294,15 @@ def test_linear_single_reward_matches_stock_grpo(tmp_path):
         torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("loss_type", ["grpo", "dapo"])
-def test_objective_gradients_are_the_per_reward_grpo_gradients(tmp_path, loss_type):
+@pytest.mark.parametrize(
+    ("loss_type", "scale_rewards"), [("grpo", "group"), ("dapo", "batch"), ("dr_grpo", "none")]
+)
+def test_objective_gradients_are_the_per_reward_grpo_gradients(tmp_path, loss_type, scale_rewards):
     """The Gram MOGD builds is that of stock GRPO's gradients for each reward alone (same seed, so the
-    same completions), and the step's direction is Σ w_i g_i on those gradients."""
-    common = {"steps": 1, "accumulation": 2, "sgd_lr": 0.1, "config": {"loss_type": loss_type}}
+    same completions), and the step's direction is Σ w_i g_i on those gradients: TRL's loss_type
+    and scale_rewards act on each reward's stream as on stock GRPO's one."""
+    config = {"loss_type": loss_type, "scale_rewards": scale_rewards}
+    common = {"steps": 1, "accumulation": 2, "sgd_lr": 0.1, "config": config}
     ours, record = make_trainer(tmp_path / "ours", [length_reward, positive_reward], **common)
     ours.train()
     singles = []
@@ -425,6 +429,19 @@ def test_lora_adapters_are_the_objectives_parameters(tmp_path):
     moved = {n for n, p in trainer.model.named_parameters() if not torch.equal(p, before[n])}
     assert moved and all("lora_" in n for n in moved)
     assert all(math.isfinite(w) for w in logged(trainer, "mogd/weight/length_reward"))
+
+
+def test_evaluation_runs_trl_loss_and_logs_rewards(tmp_path):
+    trainer, _ = make_trainer(
+        tmp_path,
+        [length_reward, positive_reward],
+        eval_dataset=Dataset.from_dict({"prompt": PROMPTS}),
+        config={"per_device_eval_batch_size": 4},
+    )
+    metrics = trainer.evaluate()
+    assert math.isfinite(metrics["eval_loss"])
+    assert "eval_rewards/length_reward/mean" in metrics
+    assert "eval_rewards/positive_reward/std" in metrics
 
 
 # -- arguments ------------------------------------------------------------------------------------
