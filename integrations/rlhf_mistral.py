@@ -285,7 +285,10 @@ def train(cfg: Config, resume_state: dict[str, Any] | None = None) -> Path:
             order = torch.randperm(len(prompts))
             for lo in range(0, len(prompts), update_size):
                 mb = order[lo : lo + update_size]
-                if cfg.signal_every and step % cfg.signal_every == 0 and lo == epoch == 0:
+                # (not under FSDP2: autograd.grad on the shards sees no gradient, the forward
+                # runs on gathered copies)
+                signal = cfg.signal_every and not fsdp and step % cfg.signal_every == 0
+                if signal and lo == epoch == 0:
                     # signal/<name>: cos of one objective's gradients on two halves of the batch
                     with record_function("signal"):
                         cosines = half_batch_cosines(policy_losses, mb, trainable)
@@ -326,9 +329,10 @@ def train(cfg: Config, resume_state: dict[str, Any] | None = None) -> Path:
                         weigh(sums, f"policy_loss/{name}", w, loss.detach().item())
                     return losses
 
-                opt.zero_grad(set_to_none=True)
-                info = accumulate_objectives(opt, chunks, losses_of, probe=probe is not None)
-                sched.step()
+                with record_function("policy_update"):
+                    opt.zero_grad(set_to_none=True)
+                    info = accumulate_objectives(opt, chunks, losses_of, probe=probe is not None)
+                    sched.step()
 
                 with record_function("critic"):
                     critic_opt.zero_grad(set_to_none=True)
