@@ -71,6 +71,11 @@ class Topology:
             return f"replicated({via}, world_size={self.world_size})"
         return self.kind
 
+    @property
+    def group_key(self) -> Any:
+        """Maps a parameter to the process groups its Gram is summed over (see :func:`shard_groups`)."""
+        return shard_groups if self.kind == "sharded" else _no_groups
+
     def adopt(self, full_mode: bool) -> None:
         """Take over DDP's gradient sync for the full mode (see :func:`take_over_ddp`)."""
         if self.kind == "replicated" and full_mode:
@@ -147,6 +152,10 @@ def average_into_shard(grad: torch.Tensor, param: torch.Tensor) -> torch.Tensor:
         grad.contiguous(), mesh, [Partial("avg")] * mesh.ndim, run_check=False
     )
     return partial.redistribute(mesh, param.placements).to_local()  # type: ignore[attr-defined]
+
+
+def _no_groups(_: torch.Tensor) -> tuple:
+    return ()
 
 
 def local_tensor(t: torch.Tensor) -> torch.Tensor:

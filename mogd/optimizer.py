@@ -107,8 +107,8 @@ class MOGD(WrappedOptimizer):
         self._bank: GradientBank | None = None  # the full mode's (the collector's) or the probe's
         self._scaler_guard = amp.ScalerGuard()
         self._probed: dict[str, Any] | None = None  # probe mode: what backward() left for step()
-        self._probe = None if probe is None else Probe(probe, self._trainable())
-        self._topology = distributed.detect(self._trainable(), process_group)
+        self._probe = None if probe is None else Probe(probe, self.trainable_params())
+        self._topology = distributed.detect(self.trainable_params(), process_group)
         if self._topology is not None:
             self._topology.adopt(full_mode=self._probe is None)
 
@@ -305,12 +305,12 @@ class MOGD(WrappedOptimizer):
             )
         G, result, bad = self._probed["G"], self._probed["result"], self._probed["bad"]
         self._probed = None
-        trainable = self._trainable()
+        trainable = self.trainable_params()
         grads = [p.grad for p in trainable if p.grad is not None]
         topology = self._ensure_topology()
         topology.average_grads_(grads)
         with record_function("mogd.clip"):
-            norm = topology.grad_norm(trainable, self._group_key(), G.device)
+            norm = topology.grad_norm(trainable, self._ensure_topology().group_key, G.device)
             if scale is not None:
                 norm = norm / scale.to(norm)
             bad = bad | ~torch.isfinite(norm)
@@ -384,20 +384,10 @@ class MOGD(WrappedOptimizer):
 
     # -- helpers -----------------------------------------------------------------------------------
 
-    def _trainable(self) -> list[torch.Tensor]:
-        seen: set[int] = set()
-        out = []
-        for group in self.param_groups:
-            for p in group["params"]:
-                if p.requires_grad and id(p) not in seen:
-                    seen.add(id(p))
-                    out.append(p)
-        return out
-
     def _ensure_topology(self) -> distributed.Topology:
         if self._topology is None:
             # Wrapped after MOGD was built (accelerate.prepare): look again, once.
-            found = distributed.detect(self._trainable(), self.process_group)
+            found = distributed.detect(self.trainable_params(), self.process_group)
             found = distributed.local_fallback() if found is None else found
             found.adopt(full_mode=self._probe is None)
             self._topology = found
@@ -408,19 +398,18 @@ class MOGD(WrappedOptimizer):
         if self._bank is not None and self._bank.k is None:
             self._bank.fix_k(k)
 
-    def _group_key(self) -> Any:
-        if self._ensure_topology().kind == "sharded":
-            return distributed.shard_groups
-        return lambda _: ()
-
     def _full_bank(self) -> GradientBank:
-        self._bank = self._collector.bank_for(self._trainable(), self._group_key(), self._k)
+        self._bank = self._collector.bank_for(
+            self.trainable_params(), self._ensure_topology().group_key, self._k
+        )
         return self._bank
 
     def _probe_bank(self) -> GradientBank:
         if self._bank is None:
             assert self._probe is not None
-            self._bank = GradientBank(self._probe.params, self._group_key(), self._k)
+            self._bank = GradientBank(
+                self._probe.params, self._ensure_topology().group_key, self._k
+            )
         return self._bank
 
     def _global_gram(self, bank: GradientBank) -> torch.Tensor:
@@ -446,7 +435,7 @@ class MOGD(WrappedOptimizer):
 
     def _skip(self, G: torch.Tensor, result: WeightingResult) -> StepInfo:
         """A skip decided on the host: no inner step, ``.grad`` cleared, warn or raise."""
-        for p in self._trainable():
+        for p in self.trainable_params():
             p.grad = None
         info = self._finish(G, result, True, math.nan)
         scaler_inf = getattr(self, "found_inf", None)

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from typing import Any
 
+import torch
 from torch.optim import Optimizer
 
 __all__ = ["WrappedOptimizer"]
@@ -73,6 +74,15 @@ class WrappedOptimizer(Optimizer):
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """Add a group to the inner optimizer."""
         self.inner.add_param_group(param_group)
+
+    def trainable_params(self) -> list[torch.Tensor]:
+        """The parameters of all groups that require grad, each once, in group order."""
+        unique: dict[int, torch.Tensor] = {}
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.requires_grad:
+                    unique.setdefault(id(p), p)
+        return list(unique.values())
 
     def own_state_dict(self) -> dict[str, Any] | None:
         """The wrapper's own state (None: nothing to save)."""
