@@ -16,8 +16,9 @@ pointing at those paths, GAPO (p = 1), for a few PPO steps in each mode:
   one backward of Σ w_i L_i through the model).
 
 The step-time split is read from ``torch.profiler``: the ``record_function`` ranges of ``train()``
-(rollout, score, advantages, policy_update, critic, log) and of ``MOGD.step`` (mogd.gram,
-mogd.weights, mogd.combine, mogd.clip, mogd.inner_step). Each range reports its host wall time and
+(rollout, score, advantages, policy_update, critic, log), of the micro-batch accumulation inside
+the policy update (policy_forward, policy_backward) and of ``MOGD.step`` (mogd.gram, mogd.weights,
+mogd.combine, mogd.clip, mogd.inner_step). Each range reports its host wall time and
 the device time of the kernels launched inside it; the first step (Triton JIT, cuBLAS warm-up) and
 the last (it writes the checkpoint, inside "log") are left out of the means when there are more.
 
@@ -56,7 +57,16 @@ import torch  # noqa: E402
 from torch.profiler import ProfilerActivity, profile  # noqa: E402
 
 PHASES = ("rollout", "score", "advantages", "policy_update", "critic", "log")
-MOGD_RANGES = ("mogd.gram", "mogd.weights", "mogd.combine", "mogd.clip", "mogd.inner_step")
+# inside policy_update: integrations/accumulate.py's ranges, then MOGD.step's
+MOGD_RANGES = (
+    "policy_forward",
+    "policy_backward",
+    "mogd.gram",
+    "mogd.weights",
+    "mogd.combine",
+    "mogd.clip",
+    "mogd.inner_step",
+)
 
 
 @dataclass(frozen=True)
@@ -142,6 +152,9 @@ def build_world(root: Path, s: Sizes, device: str, seed: int = 0) -> dict[str, A
     paths["test"] = fakes.save_pku_prompts(
         root / "test.jsonl", fakes.random_pku_rows(words, max(8, s.prompts // 8), seed + 4)
     )
+    paths["hh"] = fakes.save_hh_prompts(
+        root / "hh.jsonl.gz", [r["prompt"] for r in fakes.random_pku_rows(words, 8, seed + 5)]
+    )
     return {
         "paths": paths,
         "policy_params": policy_params,
@@ -175,7 +188,8 @@ def run_mode(mode: str, world: dict[str, Any], args: argparse.Namespace, tmp: Pa
         "--save-every", str(args.steps), "--no-plots", "--no-progress",
         "--policy", str(p["policy"]), "--reward-model", str(p["reward"]),
         "--cost-model", str(p["cost"]), "--train-prompts", str(p["train"]),
-        "--eval-prompts", str(p["test"]), "--score-batch-size", str(args.batch_size),
+        "--eval-prompts", str(p["test"]), "--hh-prompts", str(p["hh"]),
+        "--score-batch-size", str(args.batch_size),
     ]  # fmt: skip
     activities = [ProfilerActivity.CPU]
     if torch.cuda.is_available():
@@ -296,7 +310,7 @@ def render(rows: list[dict], failures: dict[str, str], header: list[str]) -> str
         )
     lines.append("")
     lines.append(
-        "MOGD.step's ranges (host time, inside policy_update); policy_update device s = GPU time "
+        "The policy update's ranges (host time); policy_update device s = GPU time "
         "of the kernels launched in the policy update; kernels = Gram / combine kernels run."
     )
     for mode, tb in failures.items():

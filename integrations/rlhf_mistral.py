@@ -107,8 +107,6 @@ def train(cfg: Config, resume_state: dict[str, Any] | None = None) -> Path:
     from tqdm.auto import tqdm
     from transformers import get_cosine_schedule_with_warmup
 
-    if cfg.threads is not None:
-        torch.set_num_threads(cfg.threads)
     device = resolve_device(cfg.device)
     d = init_distributed(device)
     out = Path(str(cfg.out))
