@@ -93,3 +93,15 @@ def test_scripts_run_from_any_directory(tmp_path):
     )
     origin = done.stdout.rsplit("TRL ", 1)[1].strip()
     assert origin == "None" or "integrations" not in origin, origin
+
+
+def test_mogd_rlhf_routes_subcommands_and_training(capsys):
+    from integrations import cli
+
+    for command in cli.SUBCOMMANDS:
+        with pytest.raises(SystemExit) as exit_:
+            cli.main([command, "--help"])
+        assert exit_.value.code == 0
+        assert f"evaluate.py {command}" in capsys.readouterr().out  # the subcommand's own help
+    assert cli.main(["--preset", "mistral-7b", "--dry-run", "--json"]) == 0  # training's main
+    assert json.loads(capsys.readouterr().out)["config"]["preset"] == "mistral-7b"
