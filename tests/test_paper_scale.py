@@ -625,11 +625,15 @@ def test_paper_preset_lora_run_writes_adapter_and_merged_policy(world, tmp_path)
         "--train-prompts", str(world["pku"]), "--eval-prompts", str(world["pku"]),
         "--hh-prompts", str(world["hh"]), "--device", "cpu", "--lora-r", "2", "--lr", "0.05",
         "--steps", "1", "--batch-size", "2", "--grad-accum", "1", "--minibatch-size", "2",
-        "--max-new-tokens", "4", "--eval-size", "0", "--no-progress", "--no-plots",
-        "--out", str(out),
+        "--max-new-tokens", "4", "--eval-size", "2", "--eval-samples", "1", "--no-progress",
+        "--no-plots", "--out", str(out),
     ]  # fmt: skip
     assert rlhf_mistral.main(argv) == 0
     assert json.loads((out / "config.json").read_text())["probe"] == "full"
+    result = json.loads((out / "eval.json").read_text())  # both columns of Table 1
+    assert result["prompts"] == 2 and set(result["objectives"]) == {"helpful", "harmless"}
+    hh = result["columns"]["hh-rlhf"]
+    assert hh["prompts"] == 2 and set(hh["objectives"]) == {"helpful", "harmless"}
     merged = AutoModelForCausalLM.from_pretrained(out / "policy")
     base = AutoModelForCausalLM.from_pretrained(world["root"] / "policy")
     assert all(p.dtype == torch.bfloat16 for p in merged.parameters())  # the policy's weights
