@@ -300,7 +300,9 @@ def test_linear_single_reward_matches_stock_grpo(tmp_path):
 def test_objective_gradients_are_the_per_reward_grpo_gradients(tmp_path, loss_type, scale_rewards):
     """The Gram MOGD builds is that of stock GRPO's gradients for each reward alone (same seed, so the
     same completions), and the step's direction is Σ w_i g_i on those gradients: TRL's loss_type
-    and scale_rewards act on each reward's stream as on stock GRPO's one."""
+    and scale_rewards act on each reward's stream as on stock GRPO's one. Compared as vectors: a
+    last-bit difference in an advantage moves single small entries by up to 1e-2 relative (the
+    per-token terms of a policy gradient cancel), never the vector beyond float32 rounding."""
     config = {"loss_type": loss_type, "scale_rewards": scale_rewards}
     common = {"steps": 1, "accumulation": 2, "sgd_lr": 0.1, "config": config}
     ours, record = make_trainer(tmp_path / "ours", [length_reward, positive_reward], **common)
@@ -316,7 +318,8 @@ def test_objective_gradients_are_the_per_reward_grpo_gradients(tmp_path, loss_ty
     info = record.infos[0]
     assert (info.norms > 0).all()
     torch.testing.assert_close(info.gram, J @ J.T, rtol=1e-4, atol=1e-8)
-    torch.testing.assert_close(record.grads[0], info.weights @ J, rtol=1e-4, atol=1e-7)
+    expected = info.weights @ J
+    assert (record.grads[0] - expected).norm() <= 1e-4 * expected.norm()
 
 
 def test_probe_mode_weights_from_the_lm_head_and_one_weighted_backward(tmp_path):
@@ -431,17 +434,19 @@ def test_lora_adapters_are_the_objectives_parameters(tmp_path):
     assert all(math.isfinite(w) for w in logged(trainer, "mogd/weight/length_reward"))
 
 
-def test_evaluation_runs_trl_loss_and_logs_rewards(tmp_path):
-    trainer, _ = make_trainer(
-        tmp_path,
-        [length_reward, positive_reward],
-        eval_dataset=Dataset.from_dict({"prompt": PROMPTS}),
-        config={"per_device_eval_batch_size": 4},
-    )
-    metrics = trainer.evaluate()
-    assert math.isfinite(metrics["eval_loss"])
-    assert "eval_rewards/length_reward/mean" in metrics
-    assert "eval_rewards/positive_reward/std" in metrics
+def test_evaluation_is_stock_grpo_evaluation(tmp_path):
+    """Evaluation has no optimizer step: it reports TRL's own loss on its scalarised advantages."""
+    losses = []
+    for cls in (trl.GRPOTrainer, MOGDGRPOTrainer):
+        trainer, _ = make_trainer(
+            tmp_path / cls.__name__,
+            [length_reward, positive_reward],
+            cls=cls,
+            eval_dataset=Dataset.from_dict({"prompt": PROMPTS}),
+            config={"per_device_eval_batch_size": 4},
+        )
+        losses.append(trainer.evaluate()["eval_loss"])
+    assert math.isfinite(losses[0]) and losses[1] == losses[0]
 
 
 # -- arguments ------------------------------------------------------------------------------------
