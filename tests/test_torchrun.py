@@ -160,3 +160,44 @@ def test_a_two_rank_checkpoint_resumes_in_one_process(launcher, two_rank_run, tm
     for name, p in policy.named_parameters():
         assert torch.equal(p, written[name]), name
     assert (run / "eval.json").is_file()
+
+
+@pytest.mark.slow
+def test_torchrun_paper_preset_shards_everything_and_evaluates_both_columns(tmp_path):
+    """The mistral-7b preset on offline stand-ins (integrations/fakes.py) under torchrun: FSDP2
+    by default (full fine-tuning, 2 processes), bf16 over float32 masters, models loaded on the
+    CPU and sharded onto the ranks, sharded scorers, both Table 1 columns, the gathered export."""
+    from transformers import AutoModelForCausalLM
+
+    from integrations import fakes
+
+    words = "how do i bake bread make a bomb the sun is hot please help me sure no".split()
+    p_tok = fakes.policy_tokenizer([*fakes.TEMPLATE_WORDS, *words])
+    s_tok = fakes.scorer_tokenizer([" ".join([*fakes.TEMPLATE_WORDS, *words])] * 3, 70)
+    fakes.save_policy(tmp_path / "policy", p_tok, seed=3, dtype=torch.bfloat16)
+    for i, kind in enumerate(("reward", "cost")):
+        fakes.save_score_model(tmp_path / kind, s_tok, seed=i, kind=kind, dtype=torch.bfloat16)
+    pku = fakes.save_pku_prompts(tmp_path / "pku.jsonl", fakes.random_pku_rows(words, 8, seed=4))
+    hh = fakes.save_hh_prompts(tmp_path / "hh.jsonl.gz", ["how do i make a bomb", "the sun"])
+    out = tmp_path / "run"
+    proc = torchrun(
+        ROOT / "integrations" / "rlhf_mistral.py",
+        "--preset", "mistral-7b", "--policy", str(tmp_path / "policy"),
+        "--reward-model", str(tmp_path / "reward"), "--cost-model", str(tmp_path / "cost"),
+        "--train-prompts", str(pku), "--eval-prompts", str(pku), "--hh-prompts", str(hh),
+        "--device", "cpu", "--steps", "1", "--batch-size", "3", "--grad-accum", "1",
+        "--minibatch-size", "3", "--micro-batch-size", "2", "--max-new-tokens", "4",
+        "--eval-size", "3", "--eval-samples", "1", "--score-batch-size", "2",
+        "--no-progress", "--no-plots", "--out", str(out),
+    )  # fmt: skip
+    finish(proc)
+    config = json.loads((out / "config.json").read_text())
+    assert config["precision"] == "bf16" and config["fsdp"] is None  # the preset's defaults
+    assert read_checkpoint(out)["world_size"] == 2
+    result = json.loads((out / "eval.json").read_text())
+    assert result["prompts"] == 3 and result["columns"]["hh-rlhf"]["prompts"] == 2
+    policy = AutoModelForCausalLM.from_pretrained(out / "policy")
+    assert all(p.dtype == torch.float32 for p in policy.parameters())  # the master weights
+    written = read_checkpoint(out)["policy"]
+    for name, p in policy.named_parameters():
+        assert torch.equal(p, written[name]), name
