@@ -35,6 +35,7 @@ from __future__ import annotations
 import argparse
 import functools
 import gc
+import importlib.util
 import json
 import os
 import sys
@@ -313,6 +314,10 @@ def main(argv: list[str] | None = None) -> int:
     failures: dict[str, str] = {}
     with tempfile.TemporaryDirectory(prefix="mogd-rlhf-7b-") as tmp_name:
         for mode in args.modes:
+            if mode == "lora" and importlib.util.find_spec("peft") is None:
+                failures[mode] = "skipped: peft is not installed (pip install peft)"
+                print(failures[mode], flush=True)
+                continue
             t_mode = time.perf_counter()
             print(f"--- mode {mode}", flush=True)
             try:
