@@ -363,3 +363,26 @@ def test_probe_backward_accumulates_micro_batches_and_a_bad_one_skips():
     with pytest.warns(RuntimeWarning, match="non-finite"):
         assert opt.step().skipped
     assert_same(model, opt, snap)
+
+
+@cuda
+@pytest.mark.parametrize("probe", [False, True])
+def test_cuda_fp16_autocast_with_grad_scaler_in_every_mode(probe):
+    """fp16 autocast + GradScaler through opt.backward on the device path: the weights match the
+    fp32 step's to fp16 accuracy, and the step is taken."""
+    x = torch.randn(64, 6, device="cuda")
+    ref_model, model = make_model(seed=40).cuda(), make_model(seed=40).cuda()
+    ref = MOGD(
+        torch.optim.AdamW(ref_model.parameters(), lr=1e-2), probe=ref_model[2] if probe else None
+    )
+    inner = torch.optim.AdamW(model.parameters(), lr=1e-2, fused=True)
+    opt = MOGD(inner, probe=model[2] if probe else None)
+    scaler = torch.amp.GradScaler("cuda")
+    ref_info = ref.step(make_losses(ref_model, x))
+    with torch.autocast("cuda", dtype=torch.float16):
+        losses = make_losses(model, x)
+    opt.backward(losses, scaler=scaler)
+    info = scaler.step(opt)
+    scaler.update()
+    assert not info.skipped
+    torch.testing.assert_close(info.weights, ref_info.weights, rtol=2e-2, atol=0)
