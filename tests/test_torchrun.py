@@ -25,6 +25,7 @@ from integrations.runio import read_checkpoint, read_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
 SFT_STEPS = 40
+TWO_RANK = ["--steps", "3", "--save-every", "1"]  # a checkpoint after every iteration
 RUN = [
     "--preset", "tiny", "--fsdp", "--batch-size", "4", "--grad-accum", "1",
     "--minibatch-size", "4", "--micro-batch-size", "2", "--max-new-tokens", "8",
@@ -86,7 +87,7 @@ def finish(proc):
 @pytest.fixture(scope="module")
 def two_rank_run(launcher, tmp_path_factory):
     out = tmp_path_factory.mktemp("two-ranks") / "run"
-    finish(torchrun(launcher, *RUN, "--steps", "2", "--out", str(out)))
+    finish(torchrun(launcher, *RUN, *TWO_RANK, "--out", str(out)))
     return out
 
 
@@ -95,11 +96,11 @@ def test_torchrun_fsdp_run_writes_metrics_eval_checkpoint_and_policy(two_rank_ru
     from transformers import AutoModelForCausalLM
 
     out = two_rank_run
-    assert [r["step"] for r in read_metrics(out / "metrics.jsonl")] == [1, 2]
+    assert [r["step"] for r in read_metrics(out / "metrics.jsonl")] == [1, 2, 3]
     result = json.loads((out / "eval.json").read_text())
     assert result["prompts"] == 4 and set(result["objectives"]) == {"helpful", "harmless"}
     state = read_checkpoint(out)
-    assert state["step"] == 2 and state["world_size"] == 2
+    assert state["step"] == 3 and state["world_size"] == 2
     step_dir = next((out / "checkpoints").iterdir())
     assert {p.name for p in step_dir.glob("*.distcp")} == {"__0_0.distcp", "__1_0.distcp"}
     policy = AutoModelForCausalLM.from_pretrained(out / "policy")
@@ -110,26 +111,23 @@ def test_torchrun_fsdp_run_writes_metrics_eval_checkpoint_and_policy(two_rank_ru
 
 @pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="finds the ranks through /proc")
-def test_torchrun_sigkill_and_resume_continues_exactly(launcher, tmp_path):
-    argv = [*RUN, "--steps", "5", "--save-every", "1"]
-    full = tmp_path / "full"
-    finish(torchrun(launcher, *argv, "--out", str(full)))
-
+def test_torchrun_sigkill_and_resume_continues_exactly(launcher, two_rank_run, tmp_path):
+    full = two_rank_run  # the uninterrupted run
     cut = tmp_path / "cut"
-    proc = torchrun(launcher, *argv, "--out", str(cut))
+    proc = torchrun(launcher, *RUN, *TWO_RANK, "--out", str(cut))
     deadline = time.time() + 600
-    while not (cut / "checkpoints" / "step-00000002").exists():
-        assert proc.poll() is None and time.time() < deadline, "no second checkpoint"
+    while not (cut / "checkpoints" / "step-00000001").exists():
+        assert proc.poll() is None and time.time() < deadline, "no first checkpoint"
         time.sleep(0.05)
     for pid in [proc.pid, *descendants(proc.pid)]:  # torchrun and both ranks, mid-step
         os.kill(pid, signal.SIGKILL)
     proc.communicate()
     killed_at = read_checkpoint(cut)["step"]
-    assert 2 <= killed_at < 5
+    assert 1 <= killed_at < 3
     finish(torchrun(launcher, "--resume", str(cut)))
 
     rows, resumed = read_metrics(full / "metrics.jsonl"), read_metrics(cut / "metrics.jsonl")
-    assert [r["step"] for r in resumed] == [1, 2, 3, 4, 5]  # cut back to the checkpoint
+    assert [r["step"] for r in resumed] == [1, 2, 3]  # cut back to the checkpoint, redone
     for a, b in zip(rows, resumed, strict=True):
         assert {k: v for k, v in a.items() if k != "seconds"} == {
             k: v for k, v in b.items() if k != "seconds"
