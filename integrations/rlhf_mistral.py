@@ -4,6 +4,7 @@
     python integrations/rlhf_mistral.py --resume runs/x          # continue exactly where it stopped
     python integrations/rlhf_mistral.py --preset mistral-7b --dry-run --json   # config + memory plan
     python integrations/rlhf_mistral.py --help                    # every option with its defaults
+    torchrun --nproc_per_node 8 integrations/rlhf_mistral.py --preset mistral-7b   # FSDP2, 8 GPUs
 
 One PPO iteration ("step"):
   1. rollout: sample one response per prompt from the policy;
@@ -11,14 +12,16 @@ One PPO iteration ("step"):
   3. per-token KL shaping r̂_t = r_t − β(log π − log π_ref) in every stream, GAE with one critic
      value per stream (integrations/ppo.py);
   4. one clipped PPO surrogate per objective; the policy update goes through mogd.MOGD, which
-     turns the per-objective gradients into one direction (GAPO / MGDA / P-GAPO weights);
+     turns the per-objective gradients into one direction (GAPO / MGDA / P-GAPO weights), each
+     objective's gradient accumulated over --micro-batch-size micro-batches;
   5. the critics regress the GAE returns (separate optimizer);
   6. log one metrics row, checkpoint every --save-every iterations.
 
 Methods (--method, integrations/methods.py): gapo, mgda, pgapo, morlhf, fast-rl, ppo-h, ppo-s,
 safe-rlhf.
-Options and presets: integrations/config.py. Outputs in --out: config.json, metrics.jsonl,
-checkpoint.pt, plots.png, eval.json and policy/ (Hugging Face format; integrations/runio.py).
+Options and presets: integrations/config.py; precision and FSDP2 sharding: integrations/sharding.py.
+Outputs in --out: config.json, metrics.jsonl, checkpoints/ (sharded DCP, integrations/checkpoint.py),
+plots.png, eval.json and policy/ (Hugging Face format; integrations/runio.py).
 """
 
 from __future__ import annotations
@@ -97,7 +100,7 @@ from .sharding import (
 
 
 def train(cfg: Config, resume_state: dict[str, Any] | None = None) -> Path:
-    """Train one run; returns its directory (config.json, metrics.jsonl, checkpoint.pt, ...).
+    """Train one run; returns its directory (config.json, metrics.jsonl, checkpoints/, ...).
 
     ``resume_state``: what :func:`integrations.runio.open_run` returned (called here if not given).
     """
