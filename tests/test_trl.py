@@ -142,10 +142,12 @@ def make_trainer(
         "max_grad_norm": 0.0,
     }
     config.update(kwargs.pop("config", {}))
-    # saved and loaded by path: with beta > 0 TRL builds the reference model from that path
-    path = Path(out) / "init"
-    tiny_model(seed).save_pretrained(path)
-    model = LlamaForCausalLM.from_pretrained(path)
+    model = tiny_model(seed)
+    if config.get("beta", 0.0):
+        # TRL builds the reference model from the policy's path: save it and load it from there
+        path = Path(out) / "init"
+        model.save_pretrained(path)
+        model = LlamaForCausalLM.from_pretrained(path)
     optimizers = (None, None)
     if sgd_lr is not None:
         optimizers = (torch.optim.SGD(model.parameters(), lr=sgd_lr), None)
