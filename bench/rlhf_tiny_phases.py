@@ -5,9 +5,9 @@
 
 Runs the real training loop (``integrations.rlhf_mistral.train``) on the tiny preset under
 ``torch.profiler`` and reads back the ``record_function`` ranges the loop and MOGD open: rollout
-(sampling), score, advantages (old/reference log-probs, values, GAE), the policy update's forward
-and backward passes, MOGD's own work (Gram, weights, combine, inner AdamW step), the critic, and
-logging/checkpoints. The same run without the profiler is the baseline the profiled one is
+(sampling), score, advantages (old/reference log-probs, values, GAE), the half-batch gradient
+cosine (every --signal-every iterations), the policy update's forward and backward passes, MOGD's
+own work (Gram, weights, combine, inner AdamW step), the critic, and logging/checkpoints. The same run without the profiler is the baseline the profiled one is
 compared with (the profiler's own overhead). A second table times the rollout alone: the lean
 KV-cache loop of ``integrations.sampling`` against ``transformers.generate`` on the same prompts,
 same decoding settings, in the same process.
@@ -33,6 +33,7 @@ PHASES = (
     "rollout",
     "score",
     "advantages",
+    "signal",
     "policy_forward",
     "policy_backward",
     "policy_update",

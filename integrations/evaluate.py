@@ -60,6 +60,7 @@ from .runio import (
     has_checkpoint,
     load_checkpoint,
     load_policy_weights,
+    read_checkpoint,
     write_config,
     write_eval,
 )
@@ -172,13 +173,19 @@ def evaluate_soup(
     written to ``out/eval.json`` (reused when there)."""
     if (out / "eval.json").is_file():
         return json.loads((out / "eval.json").read_text())
-    states = []
+    experts = []
     for run in (expert_a, expert_b):
-        run_cfg = parse_config(["--resume", str(run), "--no-progress"])
-        states.append(load_checkpoint(run, run_cfg)["policy"])
+        load_checkpoint(run, parse_config(["--resume", str(run), "--no-progress"]))  # checks it
+        experts.append(read_checkpoint(run)["policy"])
     seed_everything(cfg.seed)
     setup = presets.build_setup(cfg)
-    load_policy_weights({"policy": soup_weights(states[0], states[1], lam)}, setup.policy)
+    params = dict(setup.policy.named_parameters())
+    soup = soup_weights(experts[0], experts[1], lam)
+    if not soup.keys() <= params.keys():
+        raise ValueError(f"{expert_a}: its policy does not match the {cfg.preset} preset's model")
+    with torch.no_grad():
+        for name, value in soup.items():
+            params[name].copy_(value)
     result = evaluate_policy(setup, setup.policy, cfg, cfg.eval_size)
     out.mkdir(parents=True, exist_ok=True)
     write_eval(out / "eval.json", result)
@@ -214,7 +221,7 @@ def sweep(base: Config, out: Path, lambdas: Sequence[float] = SWEEP_LAMBDAS) -> 
         train_and_evaluate(cfg)
     points = []
     for lam in lambdas:
-        pref = [lam, 1.0 - lam]
+        pref = [lam, round(1.0 - lam, 12)]  # 1 - 0.8 is 0.19999999999999996: as typed
         results = {
             "pgapo": train_and_evaluate(
                 run("gapo-p1", method="gapo", p=1.0, preference=None)

@@ -7,13 +7,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
+
 from .common import Scorer, Setup
 from .config import Config, objective_names
 from .dist import resolve_device
 
 
 def build_setup(cfg: Config) -> Setup:
-    """Load the preset's models, scorers and prompts onto this process's device."""
+    """Load the preset's models, scorers and prompts onto this process's device (and set
+    ``--threads``, which every entry point that builds a preset then runs with)."""
+    if cfg.threads is not None:
+        torch.set_num_threads(cfg.threads)
     device = resolve_device(cfg.device)
     if cfg.preset == "tiny":
         from .tiny import build_tiny_setup
