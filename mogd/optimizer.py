@@ -382,8 +382,6 @@ class MOGD(WrappedOptimizer):
             return G.device.type != "cuda"
         return self.weights_on == "host"
 
-    # -- helpers -----------------------------------------------------------------------------------
-
     def _ensure_topology(self) -> distributed.Topology:
         if self._topology is None:
             # Wrapped after MOGD was built (accelerate.prepare): look again, once.
@@ -428,10 +426,9 @@ class MOGD(WrappedOptimizer):
         self, G: torch.Tensor, result: WeightingResult, skipped: Any, norm: torch.Tensor | float
     ) -> StepInfo:
         self._reset_cycle()
-        self.last_info = StepInfo(
-            result.weights, result.alpha, G, result.kkt_residual, skipped, norm
-        )
-        return self.last_info
+        info = StepInfo(result.weights, result.alpha, G, result.kkt_residual, skipped, norm)
+        self.last_info = info
+        return info
 
     def _skip(self, G: torch.Tensor, result: WeightingResult) -> StepInfo:
         """A skip decided on the host: no inner step, ``.grad`` cleared, warn or raise."""
