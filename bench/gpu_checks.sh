@@ -1,17 +1,31 @@
 #!/usr/bin/env bash
-# The GPU checks of issues 4 and 7 as ONE command for a lent H100/H200 (device time is scarce):
-# kernel bandwidth table, the CUDA tests of the kernels, then the RLHF pipeline at a few hundred
-# million parameters. Each part has its own time limit and writes to $OUT as it goes.
-#   bash bench/gpu_checks.sh        (from the repo root; needs torch with CUDA, triton, transformers)
+# Every check that needs a GPU, as ONE command for a lent H100/H200 (device time is scarce: about
+# 9 minutes in all, each part under its own time limit, writing to $OUT as it goes), most important
+# first:
+#   1. the CUDA tests of the optimizer: a step with nonfinite="skip" under
+#      torch.cuda.set_sync_debug_mode("error") never syncs (k = 2, 4, 8; full and probe mode), and
+#      fp16 GradScaler in both modes;
+#   2. step overhead at n = 1e7, batch 64: MOGD full against k backward passes + AdamW and TorchJD;
+#   3. the paper preset at Mistral-7B architecture (random weights, beaver-7b-layout scorers): LoRA,
+#      and full fine-tuning under FSDP2 at world size 1; steps/s, tokens/s, peak memory vs the plan;
+#   4. step overhead at n = 1e8, batch 1024;
+#   5. the Triton kernels' CUDA tests (KERNELS_BENCH=1 adds their bandwidth table, quick sizes).
+#   bash bench/gpu_checks.sh        (from the repo root; needs torch with CUDA, triton, transformers, peft)
 set -u
 OUT=${OUT:-/tmp/mogd_gpu}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD
-# mogd.kernels is the top-level kernels/ folder (setuptools package-dir); a link stands in for the
-# editable install, which would cost device time.
+# mogd.kernels and mogd.integrations are the top-level kernels/ and integrations/ folders
+# (setuptools package-dir); links stand in for the editable install, which would cost device time.
 [ -e mogd/kernels ] || ln -s ../kernels mogd/kernels
+[ -e mogd/integrations ] || ln -s ../integrations mogd/integrations
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
 python -c "import torch, triton, transformers; print('torch', torch.__version__, 'triton', triton.__version__, 'transformers', transformers.__version__)" | tee -a "$OUT/gpu.txt"
-timeout "${KERNELS_S:-80}" python bench/kernels_gpu.py 2>&1 | tee "$OUT/kernels_gpu.txt"
-timeout "${TESTS_S:-50}" python -m pytest tests/test_kernels_triton.py -k cuda -q -rs -p no:cacheprovider 2>&1 | tee "$OUT/tests_cuda.txt" | tail -15
-timeout "${RLHF_S:-90}" python bench/rlhf_gpu.py 2>&1 | tee "$OUT/rlhf_gpu.txt" | tail -40
+python -c "import peft, torchjd; print('peft', peft.__version__, 'torchjd', torchjd.__version__)" 2>&1 | tail -1 | tee -a "$OUT/gpu.txt"
+timeout "${MOGD_TESTS_S:-60}" python -m pytest tests/test_optimizer_step.py tests/test_optimizer.py tests/test_optimizer_protocol.py -k cuda -q -rs -p no:cacheprovider 2>&1 | tee "$OUT/tests_mogd_cuda.txt" | tail -15
+timeout "${STEP_1E7_S:-90}" python bench/step_overhead.py --fused --sizes 1e7 --ks 2 4 8 --batch 64 --steps 20 2>&1 | tee "$OUT/step_overhead_1e7.txt"
+timeout "${RLHF7B_S:-240}" python bench/rlhf_7b_gpu.py 2>&1 | tee "$OUT/rlhf_7b_gpu.txt" | tail -60
+timeout "${STEP_1E8_S:-120}" python bench/step_overhead.py --fused --sizes 1e8 --ks 2 4 8 --batch 1024 --steps 10 2>&1 | tee "$OUT/step_overhead_1e8.txt"
+timeout "${KERNELS_S:-60}" python -m pytest tests/test_kernels_triton.py -k cuda -q -rs -p no:cacheprovider 2>&1 | tee "$OUT/tests_kernels_cuda.txt" | tail -15
+[ "${KERNELS_BENCH:-0}" = 1 ] && timeout "${KERNELS_BENCH_S:-80}" python bench/kernels_gpu.py --quick 2>&1 | tee "$OUT/kernels_gpu.txt"
+exit 0
