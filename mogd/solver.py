@@ -6,7 +6,12 @@ d* = Σ w_i g_i with
     w = argmin_{w ∈ Δ_k} wᵀ G w,      Δ_k = {w ≥ 0, Σ w_i = 1}
 
 (MGDA, Désidéri 2012; GAPO paper Eq. 7 solves the same problem on a rescaled Gram). Everything here is
-float64 NumPy whatever comes in: k is small, exactness on degenerate G is what matters.
+float64 whatever comes in: k is small, exactness on degenerate G is what matters.
+
+k > 2 runs as one numba-compiled kernel (:mod:`mogd.solver_jit`, extra ``mogd[solver]``) when numba
+is installed: at k ≤ 32 the NumPy/LAPACK path below spends its time in ~25 library calls of ~1 µs
+each. The kernel does the same math, so both paths make the same decisions; without numba, or with
+``backend="numpy"`` (or ``MOGD_SOLVER=numpy`` in the environment), the NumPy path runs.
 """
 
 from __future__ import annotations
@@ -14,6 +19,8 @@ from __future__ import annotations
 import functools
 import inspect
 import math
+import os
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -35,6 +42,18 @@ __all__ = ["MinNormResult", "as_gram", "kkt_residual", "min_norm"]
 # A Gram from float32 gradients is only accurate to ~1e-7 of its largest diagonal, so symmetry and
 # semi-definiteness are checked to this relative tolerance: rounding passes, real indefiniteness fails.
 GRAM_TOL = 1e-5
+
+# The pivoted Cholesky's stopping tolerances after k·eps, and how closely RᵀR must reproduce G/m to
+# end the climb (see _factor).
+FACTOR_LADDER = np.array([1e-10, 1e-7])
+FACTOR_FIT = 1e-9
+
+# Why a matrix is not a Gram matrix; the kernel reports the same reasons by status code.
+NONFINITE = "G contains NaN or inf: a gradient was not finite; check the losses"
+NEGATIVE_DIAGONAL = "G has a negative diagonal entry: it is not a Gram matrix (G = J Jᵀ)"
+ASYMMETRIC = "G is not symmetric: pass the Gram matrix J Jᵀ (symmetrise it if needed)"
+INDEFINITE = "G is indefinite: it is not a Gram matrix (G = J Jᵀ) of real gradients"
+NO_CONVERGENCE = "NNLS did not converge in 50 k iterations"
 
 
 @dataclass(frozen=True)
@@ -62,27 +81,36 @@ def as_gram(G: torch.Tensor | np.ndarray) -> np.ndarray:
     non-finite, non-symmetric or clearly indefinite matrix (relative tolerance ``GRAM_TOL``;
     the tiny negative eigenvalues that rounding produces are accepted).
     """
+    A = _square_float64(G)
+    # one reduction decides the common case (a non-finite entry makes the sum non-finite)
+    if not math.isfinite(float(A.sum())) and not np.isfinite(A).all():
+        raise ValueError(NONFINITE)
+    diag = np.diagonal(A)
+    scale = float(diag.max())
+    tol = GRAM_TOL * max(scale, 0.0)
+    if float(diag.min()) < -tol or (scale <= 0.0 and np.abs(A).max() > 0.0):
+        raise ValueError(NEGATIVE_DIAGONAL)
+    if float(np.abs(A - A.T).max()) > tol:
+        raise ValueError(ASYMMETRIC)
+    return (A + A.T) * 0.5  # exactly symmetric
+
+
+def _square_float64(G: torch.Tensor | np.ndarray) -> np.ndarray:
+    """G as a square float64 NumPy array (a view when it already is one, e.g. a float64 CPU tensor)."""
     if isinstance(G, torch.Tensor):
-        if not (G.dtype.is_floating_point or G.dtype in (torch.int32, torch.int64)):
+        if G.dtype is torch.float64 and G.device.type == "cpu" and not G.requires_grad:
+            A = G.numpy()
+        elif not (G.dtype.is_floating_point or G.dtype in (torch.int32, torch.int64)):
             raise TypeError(f"G must be a real floating-point tensor, got dtype {G.dtype}")
-        A = G.detach().to("cpu", torch.float64).numpy()
+        else:
+            A = G.detach().to("cpu", torch.float64).numpy()
     elif isinstance(G, np.ndarray):
         A = np.asarray(G, dtype=np.float64)
     else:
         raise TypeError(f"G must be a torch.Tensor or numpy.ndarray, got {type(G).__name__}")
     if A.ndim != 2 or A.shape[0] != A.shape[1] or A.shape[0] == 0:
         raise ValueError(f"G must be a non-empty square k×k matrix, got shape {tuple(A.shape)}")
-    # one reduction decides the common case (a non-finite entry makes the sum non-finite)
-    if not math.isfinite(float(A.sum())) and not np.isfinite(A).all():
-        raise ValueError("G contains NaN or inf: a gradient was not finite; check the losses")
-    diag = np.diagonal(A)
-    scale = float(diag.max())
-    tol = GRAM_TOL * max(scale, 0.0)
-    if float(diag.min()) < -tol or (scale <= 0.0 and np.abs(A).max() > 0.0):
-        raise ValueError("G has a negative diagonal entry: it is not a Gram matrix (G = J Jᵀ)")
-    if float(np.abs(A - A.T).max()) > tol:
-        raise ValueError("G is not symmetric: pass the Gram matrix J Jᵀ (symmetrise it if needed)")
-    return (A + A.T) * 0.5  # exactly symmetric
+    return A
 
 
 def kkt_residual(G: np.ndarray, w: np.ndarray) -> float:
@@ -98,7 +126,7 @@ def kkt_residual(G: np.ndarray, w: np.ndarray) -> float:
     return max(-float(gap.min()), float(np.abs(gap[w > 0]).max()), 0.0) / scale
 
 
-def min_norm(G: torch.Tensor | np.ndarray) -> MinNormResult:
+def min_norm(G: torch.Tensor | np.ndarray, *, backend: str = "auto") -> MinNormResult:
     """Minimum-norm point of the convex hull of k gradients given their Gram matrix G.
 
     Solves ``w = argmin_{w ∈ Δ_k} wᵀGw`` exactly (up to float64 rounding):
@@ -118,12 +146,29 @@ def min_norm(G: torch.Tensor | np.ndarray) -> MinNormResult:
 
     Args:
         G: k×k Gram matrix (torch tensor of any float dtype, or NumPy array).
+        backend: for k > 2, ``"numba"`` (the compiled kernel; needs ``mogd[solver]``), ``"numpy"``
+            (NumPy/LAPACK) or ``"auto"``: numba when it is installed, unless the environment sets
+            ``MOGD_SOLVER=numpy`` (read once, at the first k > 2 solve). Both give the same result.
 
     Returns:
         :class:`MinNormResult` with float64 weights on the simplex, value, KKT residual and support.
     """
     if tuple(G.shape) == (2, 2):
         return _min_norm_two(G)
+    if backend == "auto":
+        kernel = _auto_kernel()
+    elif backend == "numba":
+        kernel = _numba_kernel()
+        if kernel is None:
+            raise ModuleNotFoundError(
+                'backend="numba" needs numba: pip install "mogd[solver]", or use backend="numpy"'
+            )
+    elif backend == "numpy":
+        kernel = None
+    else:
+        raise ValueError(f'backend must be "auto", "numba" or "numpy", got {backend!r}')
+    if kernel is not None:
+        return _min_norm_compiled(G, kernel)
     A = as_gram(G)
     k = A.shape[0]
     scale = float(np.diagonal(A).max())
@@ -149,6 +194,52 @@ def min_norm(G: torch.Tensor | np.ndarray) -> MinNormResult:
     return MinNormResult(torch.from_numpy(w), max(value, 0.0), residual, support)
 
 
+@dataclass(frozen=True)
+class _Kernel:
+    """The compiled solve and the message for each status code it returns."""
+
+    solve: Callable
+    errors: dict[int, tuple[type[Exception], str]]
+
+
+def _min_norm_compiled(G: torch.Tensor | np.ndarray, kernel: _Kernel) -> MinNormResult:
+    """k > 2 in one compiled call: the checks of as_gram and the solve of the NumPy path below."""
+    A = _square_float64(G)
+    if not A.flags.c_contiguous:  # one compiled specialisation (a transposed view would be another)
+        A = np.ascontiguousarray(A)
+    w = np.empty(A.shape[0])
+    status, value, residual = kernel.solve(A, w, GRAM_TOL, FACTOR_LADDER, FACTOR_FIT)
+    if status:
+        error, message = kernel.errors[status]
+        raise error(message)
+    support = tuple([i for i, x in enumerate(w.tolist()) if x > 0.0])
+    return MinNormResult(torch.from_numpy(w), value, residual, support)
+
+
+@functools.cache
+def _numba_kernel() -> _Kernel | None:
+    """The compiled solve, or None without numba. Imported on first use: numba's import is slow."""
+    try:
+        from mogd import solver_jit as jit
+    except ImportError:
+        return None
+    errors: dict[int, tuple[type[Exception], str]] = {
+        jit.NONFINITE: (ValueError, NONFINITE),
+        jit.NEGATIVE_DIAGONAL: (ValueError, NEGATIVE_DIAGONAL),
+        jit.ASYMMETRIC: (ValueError, ASYMMETRIC),
+        jit.INDEFINITE: (ValueError, INDEFINITE),
+        jit.NO_CONVERGENCE: (RuntimeError, NO_CONVERGENCE),
+    }
+    return _Kernel(jit.solve, errors)
+
+
+@functools.cache
+def _auto_kernel() -> _Kernel | None:
+    if os.environ.get("MOGD_SOLVER", "auto") == "numpy":
+        return None
+    return _numba_kernel()
+
+
 def _min_norm_two(G: torch.Tensor | np.ndarray) -> MinNormResult:
     """k = 2 in plain Python floats: the same checks and answer as the general path, in ~µs."""
     if isinstance(G, torch.Tensor):
@@ -160,17 +251,17 @@ def _min_norm_two(G: torch.Tensor | np.ndarray) -> MinNormResult:
     else:
         raise TypeError(f"G must be a torch.Tensor or numpy.ndarray, got {type(G).__name__}")
     if not math.isfinite(a + b + c + c2) and not all(map(math.isfinite, (a, b, c, c2))):
-        raise ValueError("G contains NaN or inf: a gradient was not finite; check the losses")
+        raise ValueError(NONFINITE)
     scale = a if a > b else b
     tol = GRAM_TOL * scale if scale > 0.0 else 0.0
     if (a if a < b else b) < -tol or (scale <= 0.0 and (c != 0.0 or c2 != 0.0)):
-        raise ValueError("G has a negative diagonal entry: it is not a Gram matrix (G = J Jᵀ)")
+        raise ValueError(NEGATIVE_DIAGONAL)
     if abs(c - c2) > tol:
-        raise ValueError("G is not symmetric: pass the Gram matrix J Jᵀ (symmetrise it if needed)")
+        raise ValueError(ASYMMETRIC)
     c = 0.5 * (c + c2)
     # Smallest eigenvalue of [[a, c], [c, b]], exactly.
     if 0.5 * (a + b) - math.hypot(0.5 * (a - b), c) < -tol:
-        raise ValueError("G is indefinite: it is not a Gram matrix (G = J Jᵀ) of real gradients")
+        raise ValueError(INDEFINITE)
     if scale <= 0.0:
         w1 = 0.5
     elif a <= 0.0 or b <= 0.0:
@@ -208,7 +299,7 @@ def _factor(An: np.ndarray) -> np.ndarray:
     """
     k = An.shape[0]
     best_err, best = np.inf, np.ones((1, k))
-    for tol in (k * np.finfo(np.float64).eps, 1e-10, 1e-7):
+    for tol in (k * np.finfo(np.float64).eps, *FACTOR_LADDER.tolist()):
         c, piv, rank, info = dpstrf(An, tol=tol, lower=0)
         if info < 0:
             raise ValueError(f"G could not be factorised (LAPACK dpstrf info={info})")
@@ -220,10 +311,10 @@ def _factor(An: np.ndarray) -> np.ndarray:
         err = float(np.abs(An - R.T @ R).max())
         if err < best_err:
             best_err, best = err, M
-        if err <= 1e-9:
+        if err <= FACTOR_FIT:
             break
     if best_err > GRAM_TOL:
-        raise ValueError("G is indefinite: it is not a Gram matrix (G = J Jᵀ) of real gradients")
+        raise ValueError(INDEFINITE)
     return best
 
 
@@ -240,7 +331,7 @@ def _nnls(An: np.ndarray) -> np.ndarray:
     if _NNLS_CORE is not None:
         u, _, info = _NNLS_CORE(M, rhs, 50 * k)
         if info == 3:
-            raise RuntimeError("NNLS did not converge in 50 k iterations")
+            raise RuntimeError(NO_CONVERGENCE)
     else:
         u, _ = nnls(M, rhs, maxiter=50 * k)
     return u / u.sum()

@@ -11,6 +11,10 @@ every value is within 2e-9 m of the optimum and every direction d = sum_i w_i g_
 ||d - d*||^2 <= f(w) - f* (strong convexity of ||d||^2 on the hull).
 """
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -27,6 +31,14 @@ ROUND_TOL = 1e-12  # float64 rounding of w^T G w relative to max G_ii (|w^T|G|w|
 FAMILIES = ("full", "common", "lowrank", "duplicate", "antipodal", "zero", "lowdim", "inhull")
 SCALES = ("unit", "global", "mixed", "both")
 SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+@pytest.fixture(scope="module", params=["numba", "numpy"])
+def backend(request):
+    """Every property holds for both k > 2 paths: the compiled kernel and the NumPy/LAPACK one."""
+    if request.param == "numba":
+        pytest.importorskip("numba", reason="the compiled path needs mogd[solver]")
+    return request.param
 
 
 # ---------------------------------------------------------------------------------------------
@@ -157,11 +169,11 @@ def is_well_conditioned(G: np.ndarray, ratio: float = 1e-3) -> bool:
 
 @SETTINGS
 @given(case=cases())
-def test_simplex_kkt_and_bounds(case):
+def test_simplex_kkt_and_bounds(case, backend):
     _, G = case
     k = G.shape[0]
     Gt = torch.from_numpy(G.copy())
-    res = mogd.min_norm(Gt)
+    res = mogd.min_norm(Gt, backend=backend)
     assert torch.equal(Gt, torch.from_numpy(G)), "min_norm must not modify its input"
     check_result(res, G)
     m = float(np.max(np.diag(G)))
@@ -171,11 +183,11 @@ def test_simplex_kkt_and_bounds(case):
 
 @SETTINGS
 @given(case=cases(k_max=6))
-def test_optimal_against_brute_force(case):
+def test_optimal_against_brute_force(case, backend):
     _, G = case
     m = float(np.max(np.diag(G)))
     ref_value, ref_w = brute_force_min_norm(G)
-    res = mogd.min_norm(torch.from_numpy(G))
+    res = mogd.min_norm(torch.from_numpy(G), backend=backend)
     w = check_result(res, G)
     assert res.value <= ref_value + VALUE_TOL * m
     assert ref_value <= res.value + VALUE_TOL * m  # the reference is optimal too
@@ -185,14 +197,14 @@ def test_optimal_against_brute_force(case):
 
 @SETTINGS
 @given(case=cases(), seed=st.integers(0, 2**32 - 1))
-def test_permutation_equivariance(case, seed):
+def test_permutation_equivariance(case, seed, backend):
     _, G = case
     k = G.shape[0]
     m = float(np.max(np.diag(G)))
     perm = np.random.default_rng(seed).permutation(k)
-    w1 = check_result(mogd.min_norm(torch.from_numpy(G)), G)
+    w1 = check_result(mogd.min_norm(torch.from_numpy(G), backend=backend), G)
     Gp = np.ascontiguousarray(G[np.ix_(perm, perm)])
-    res2 = mogd.min_norm(torch.from_numpy(Gp))
+    res2 = mogd.min_norm(torch.from_numpy(Gp), backend=backend)
     w2p = check_result(res2, Gp)
     w2 = np.zeros(k)
     w2[perm] = w2p  # back to the original order: objective perm[i] got w2p[i]
@@ -205,14 +217,14 @@ def test_permutation_equivariance(case, seed):
 
 @SETTINGS
 @given(case=cases(scales=("unit", "mixed")), log_c=st.floats(-20, 20))
-def test_scale_invariance(case, log_c):
+def test_scale_invariance(case, log_c, backend):
     _, G = case
     m = float(np.max(np.diag(G)))
     c = 10.0**log_c
-    res = mogd.min_norm(torch.from_numpy(G))
+    res = mogd.min_norm(torch.from_numpy(G), backend=backend)
     w = check_result(res, G)
     Gc = G * c
-    res_c = mogd.min_norm(torch.from_numpy(Gc))
+    res_c = mogd.min_norm(torch.from_numpy(Gc), backend=backend)
     wc = check_result(res_c, Gc)
     assert abs(res_c.value / c - res.value) <= VALUE_TOL * m
     delta = w - wc
@@ -223,20 +235,20 @@ def test_scale_invariance(case, log_c):
 
 @SETTINGS
 @given(case=cases(k_min=2, k_max=2))
-def test_k2_closed_form(case):
+def test_k2_closed_form(case, backend):
     _, G = case
     m = float(np.max(np.diag(G)))
     cf_value, cf_w, den = closed_form_k2(G)
     bf_value, _ = brute_force_min_norm(G)
     assert abs(cf_value - bf_value) <= ROUND_TOL * m * 10  # the reference formula itself
-    res = mogd.min_norm(torch.from_numpy(G))
+    res = mogd.min_norm(torch.from_numpy(G), backend=backend)
     w = check_result(res, G)
     assert abs(res.value - cf_value) <= VALUE_TOL * m
     if den > 0 and den >= 1e-4 * m:  # t is then determined to ~eps * m / den
         np.testing.assert_allclose(w, cf_w, rtol=0, atol=1e-9)
     # The same problem with g2 duplicated (k = 3, the general path) has the same min-norm point.
     G3 = np.ascontiguousarray(G[np.ix_([0, 1, 1], [0, 1, 1])])
-    w3 = check_result(mogd.min_norm(torch.from_numpy(G3)), G3)
+    w3 = check_result(mogd.min_norm(torch.from_numpy(G3), backend=backend), G3)
     assert abs(float(w3 @ G3 @ w3) - cf_value) <= VALUE_TOL * m
     merged = np.array([w3[0], w3[1] + w3[2]])
     delta = merged - cf_w
@@ -247,11 +259,11 @@ def test_k2_closed_form(case):
 
 @SETTINGS
 @given(case=cases())
-def test_common_descent(case):
+def test_common_descent(case, backend):
     """<d, g_i> >= ||d||^2 for every objective i, with d = sum_i w_i g_i formed from J itself."""
     J, G = case
     m = float(np.max(np.diag(G)))
-    w = check_result(mogd.min_norm(torch.from_numpy(G)), G)
+    w = check_result(mogd.min_norm(torch.from_numpy(G), backend=backend), G)
     d = w @ J
     assert np.all(J @ d >= d @ d - (KKT_TOL + ROUND_TOL) * m)
 
@@ -263,7 +275,7 @@ def test_common_descent(case):
     scale=st.sampled_from(SCALES),
     how=st.sampled_from(["combination", "antipodal", "zero"]),
 )
-def test_zero_value_when_zero_in_hull(k, seed, scale, how):
+def test_zero_value_when_zero_in_hull(k, seed, scale, how, backend):
     rng = np.random.default_rng(seed)
     n = int(rng.integers(k, 2 * k + 8))
     if how == "combination":
@@ -279,14 +291,14 @@ def test_zero_value_when_zero_in_hull(k, seed, scale, how):
             J[i] = 0.0
     G = gram64(apply_scale(rng, J, scale))
     m = float(np.max(np.diag(G)))
-    res = mogd.min_norm(torch.from_numpy(G))
+    res = mogd.min_norm(torch.from_numpy(G), backend=backend)
     check_result(res, G)
     assert res.value <= VALUE_TOL * m
 
 
 @SETTINGS
 @given(k=st.integers(1, 64), seed=st.integers(0, 2**32 - 1), scale=st.sampled_from(SCALES))
-def test_positive_value_when_zero_outside_hull(k, seed, scale):
+def test_positive_value_when_zero_outside_hull(k, seed, scale, backend):
     """All g_i have <g_i, u> >= margin > 0 for a unit u, so every d in the hull has
     ||d|| >= <d, u> >= margin: the value is at least margin^2."""
     rng = np.random.default_rng(seed)
@@ -301,23 +313,23 @@ def test_positive_value_when_zero_outside_hull(k, seed, scale):
     m = float(np.max(np.diag(G)))
     margin = float(np.min(J @ u))
     assert margin > 0
-    res = mogd.min_norm(torch.from_numpy(G))
+    res = mogd.min_norm(torch.from_numpy(G), backend=backend)
     check_result(res, G)
     assert res.value >= margin**2 * (1 - 1e-9) - ROUND_TOL * m
 
 
-def test_k1():
+def test_k1(backend):
     for g in (0.0, 1e-30, 3.5, 1e30):
         G = np.array([[g]])
-        res = mogd.min_norm(torch.from_numpy(G))
+        res = mogd.min_norm(torch.from_numpy(G), backend=backend)
         check_result(res, G)
         assert res.weights.tolist() == [1.0] and tuple(res.support) == (0,)
         assert res.value == g
 
 
-def test_all_zero_gram():
+def test_all_zero_gram(backend):
     G = np.zeros((5, 5))
-    res = mogd.min_norm(torch.from_numpy(G))
+    res = mogd.min_norm(torch.from_numpy(G), backend=backend)
     check_result(res, G)
     assert res.value == 0.0
 
@@ -325,7 +337,7 @@ def test_all_zero_gram():
 @pytest.mark.parametrize(
     "dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64, np.float32, np.float64]
 )
-def test_input_types(dtype):
+def test_input_types(dtype, backend):
     rng = np.random.default_rng(0)
     for k in (2, 3, 5):
         A = rng.standard_normal((k, 3 * k))
@@ -337,7 +349,7 @@ def test_input_types(dtype):
         else:
             Gin = G.astype(dtype)
             exact = Gin.astype(np.float64)
-        res = mogd.min_norm(Gin)
+        res = mogd.min_norm(Gin, backend=backend)
         w = check_result(res, exact)
         ref_value, ref_w = brute_force_min_norm(exact)
         m = float(np.max(np.diag(exact)))
@@ -345,7 +357,7 @@ def test_input_types(dtype):
         np.testing.assert_allclose(w, ref_w, rtol=0, atol=1e-8)
 
 
-def test_float32_rounding_is_accepted():
+def test_float32_rounding_is_accepted(backend):
     """G = J J^T of a rank-deficient J formed in float32 is PSD only up to rounding (eigenvalues
     down to ~ -1e-7 max G_ii, entries asymmetric at the float32 level): it must be accepted, as
     float32 and converted to float64. The QP is then defined only up to that perturbation: moving G
@@ -363,7 +375,7 @@ def test_float32_rounding_is_accepted():
         saw_negative |= lam_min < -1e-9 * m
         tol = KKT_TOL + 2 * max(0.0, -lam_min) / m
         for Gin in (G32, G32.double()):
-            res = mogd.min_norm(Gin)
+            res = mogd.min_norm(Gin, backend=backend)
             w = res.weights.numpy()
             assert np.all(w >= 0) and abs(w.sum() - 1) <= 1e-12
             assert np.isfinite(res.value) and res.value >= -tol * m
@@ -399,11 +411,45 @@ def _indefinite(k: int, neg: float) -> np.ndarray:
         _indefinite(8, -0.3),
     ],
 )
-def test_bad_input_raises(G):
+def test_bad_input_raises(G, backend):
     with pytest.raises(ValueError):
-        mogd.min_norm(torch.from_numpy(G))
+        mogd.min_norm(torch.from_numpy(G), backend=backend)
     with pytest.raises(ValueError):
-        mogd.min_norm(G)
+        mogd.min_norm(G, backend=backend)
+
+
+def test_backend_argument():
+    with pytest.raises(ValueError, match="backend"):
+        mogd.min_norm(np.eye(3), backend="fortran")
+
+
+def test_non_contiguous_input(backend):
+    """A transposed or strided view is read as the matrix it shows."""
+    rng = np.random.default_rng(3)
+    J = rng.standard_normal((6, 9)) + rng.standard_normal(9)
+    big = np.zeros((12, 12))
+    big[::2, ::2] = gram64(J)
+    for Gin in (torch.from_numpy(big)[::2, ::2], torch.from_numpy(gram64(J)).T, big[::2, ::2].T):
+        G = np.ascontiguousarray(Gin.numpy() if isinstance(Gin, torch.Tensor) else Gin)
+        w = check_result(mogd.min_norm(Gin, backend=backend), G)
+        ref_value, _ = brute_force_min_norm(G)
+        assert abs(float(w @ G @ w) - ref_value) <= VALUE_TOL * float(np.max(np.diag(G)))
+
+
+def test_numba_is_imported_lazily():
+    """`import mogd` and k = 2 never import numba (slow to import); MOGD_SOLVER=numpy keeps the
+    k > 2 solve on NumPy, and asking for the compiled path loads it."""
+    pytest.importorskip("numba")
+    code = (
+        "import sys, numpy as np, mogd\n"
+        "assert 'numba' not in sys.modules\n"
+        "mogd.min_norm(np.eye(2)); mogd.min_norm(np.eye(5))\n"
+        "assert 'numba' not in sys.modules\n"
+        "mogd.min_norm(np.eye(5), backend='numba')\n"
+        "assert 'numba' in sys.modules\n"
+    )
+    env = {**os.environ, "MOGD_SOLVER": "numpy"}
+    subprocess.run([sys.executable, "-c", code], check=True, env=env, timeout=300)
 
 
 # ---------------------------------------------------------------------------------------------
