@@ -1,18 +1,26 @@
-"""Min-norm solver benchmark: mogd.min_norm against scipy SLSQP, quadprog and Sener & Koltun's
-Frank-Wolfe MGDA solver, on Gram matrices of three families and k in {2, 4, ..., 64}.
+"""Min-norm solver benchmark: mogd.min_norm (both k > 2 paths: the numba kernel and NumPy/LAPACK)
+against quadprog, scipy SLSQP and Sener & Koltun's Frank-Wolfe MGDA solver, on Gram matrices of
+three families and k in {2, 4, ..., 64}.
 
-All four solve min_{w in simplex} w^T G w. Peers get G / max_i G_ii (the scaling they need to behave;
+All solve min_{w in simplex} w^T G w. Peers get G / max_i G_ii (the scaling they need to behave;
 ours takes G as is). quadprog needs a strictly positive definite matrix, so it gets the smallest
 ridge 1e-12 * 10^j that it accepts (found before timing). Ours gets a float64 torch tensor (what
 mogd.gram returns), the peers float64 numpy arrays.
 
-Columns: median time per solve in microseconds over all problems of a row, each peer's time as a
-ratio to ours (>1: ours faster), and the objective gap (w_peer^T G w_peer - w_ours^T G w_ours) /
-max_i G_ii, worst (max) and best (min) over the row's problems: a negative best gap would mean the
-peer found a better point than ours. Peer weights are clipped to >= 0 and renormalised first.
+Timing: ours (both paths) and quadprog are called in turn, one call each per round, for `repeats`
+rounds (on a shared machine the load then hits all three alike); the median per problem, then the
+median over the row's problems. SLSQP and Frank-Wolfe are slow: they are timed afterwards with
+fewer calls (at most ~50 ms per problem). At k = 2 both of our paths are the same closed form.
 
-    python bench/solver.py            # full run
-    python bench/solver.py --quick    # a few problems per row, fewer repeats
+Columns: median time per solve in microseconds; quadprog's time as a ratio to each of our paths
+(>1: ours faster); the slow peers' times as ratios to ours (numba); the objective gap
+(w_peer^T G w_peer - w_ours^T G w_ours) / max_i G_ii, worst (max) and best (min) over the row's
+problems: a negative best gap would mean the peer found a better point than ours. Peer weights are
+clipped to >= 0 and renormalised first.
+
+    python bench/solver.py                  # full run
+    python bench/solver.py --quick          # a few problems per row, fewer repeats
+    python bench/solver.py --peers quadprog # leave out the slow peers
 """
 
 from __future__ import annotations
@@ -22,6 +30,7 @@ import statistics
 import time
 import warnings
 
+import numba
 import numpy as np
 import quadprog
 import torch
@@ -139,9 +148,12 @@ class FrankWolfeMGDA:
 # ---------------------------------------------------------------------------------------------
 
 
-def time_call(fn, repeats: int) -> float:
-    """Median seconds per call over `repeats` calls (after one warm-up call)."""
+def time_call(fn, repeats: int, budget_s: float = 0.05) -> float:
+    """Median seconds per call over at most `repeats` calls and about `budget_s` (after one warm-up
+    call; at least 3 calls)."""
+    t0 = time.perf_counter_ns()
     fn()
+    repeats = max(3, min(repeats, int(budget_s / max((time.perf_counter_ns() - t0) * 1e-9, 1e-9))))
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter_ns()
@@ -150,25 +162,45 @@ def time_call(fn, repeats: int) -> float:
     return statistics.median(times) * 1e-9
 
 
+def time_interleaved(fns: dict, repeats: int) -> dict[str, float]:
+    """Median seconds per call of each function, calling them in turn, one call each per round
+    (after one warm-up call each)."""
+    for fn in fns.values():
+        fn()
+    times: dict[str, list[int]] = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            t0 = time.perf_counter_ns()
+            fn()
+            times[name].append(time.perf_counter_ns() - t0)
+    return {name: statistics.median(t) * 1e-9 for name, t in times.items()}
+
+
 def value(G: np.ndarray, w: np.ndarray) -> float:
     w = np.clip(np.asarray(w, dtype=np.float64), 0.0, None)
     w = w / w.sum()
     return float(w @ G @ w)
 
 
-def solver_calls(Gt: torch.Tensor, Gn: np.ndarray, P, C, b) -> dict:
+FAST = ("numba", "numpy", "quadprog")  # timed interleaved
+SLOW = ("slsqp", "fw")
+
+
+def solver_calls(Gt: torch.Tensor, Gn: np.ndarray, P, C, b, peers) -> dict:
     a = np.zeros(Gn.shape[0])
-    return {
-        "ours": lambda: mogd.min_norm(Gt).weights,
-        "slsqp": lambda: slsqp(Gn),
+    calls = {
+        "numba": lambda: mogd.min_norm(Gt, backend="numba").weights,
+        "numpy": lambda: mogd.min_norm(Gt, backend="numpy").weights,
         "quadprog": lambda: quadprog.solve_qp(P, a, C, b, 1)[0],
+        "slsqp": lambda: slsqp(Gn),
         "fw": lambda: FrankWolfeMGDA.solve(Gn),
     }
+    return {name: fn for name, fn in calls.items() if name in ("numba", "numpy") or name in peers}
 
 
-def run_row(rng, family: str, k: int, problems: int, repeats: int) -> dict:
-    times: dict[str, list[float]] = {m: [] for m in ("ours", "slsqp", "quadprog", "fw")}
-    gaps: dict[str, list[float]] = {m: [] for m in ("slsqp", "quadprog", "fw")}
+def run_row(rng, family: str, k: int, problems: int, repeats: int, peers) -> dict:
+    times: dict[str, list[float]] = {m: [] for m in ("numba", "numpy", *peers)}
+    gaps: dict[str, list[float]] = {m: [] for m in ("numpy", *peers)}
     ridges = []
     for _ in range(problems):
         G = make_gram(rng, family, k)
@@ -177,12 +209,14 @@ def run_row(rng, family: str, k: int, problems: int, repeats: int) -> dict:
         Gt = torch.from_numpy(G)
         P, C, b, ridge = quadprog_setup(Gn)
         ridges.append(ridge)
-        calls = solver_calls(Gt, Gn, P, C, b)
+        calls = solver_calls(Gt, Gn, P, C, b, peers)
+        fast = time_interleaved({n: f for n, f in calls.items() if n in FAST}, repeats)
         for name, fn in calls.items():
-            times[name].append(time_call(fn, repeats))
-        v_ours = value(G, calls["ours"]().numpy())
+            times[name].append(fast[name] if name in fast else time_call(fn, repeats))
+        v_ours = value(G, calls["numba"]().numpy())
         for name in gaps:
-            gaps[name].append((value(G, calls[name]()) - v_ours) / m)
+            w = calls[name]()
+            gaps[name].append((value(G, w.numpy() if name == "numpy" else w) - v_ours) / m)
     med = {name: statistics.median(t) * 1e6 for name, t in times.items()}
     return {
         "family": family,
@@ -196,48 +230,63 @@ def run_row(rng, family: str, k: int, problems: int, repeats: int) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="3 problems per row, 5 repeats")
+    parser.add_argument("--quick", action="store_true", help="3 problems per row, 20 repeats")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--problems", type=int, help="problems per row (default 20; --quick 3)")
+    parser.add_argument("--repeats", type=int, help="calls per problem (default 200; --quick 20)")
+    parser.add_argument("--ks", type=int, nargs="+", default=list(KS), help="values of k")
+    parser.add_argument(
+        "--peers", nargs="+", choices=("quadprog", *SLOW), default=["quadprog", *SLOW]
+    )
     args = parser.parse_args()
-    problems, repeats = (3, 5) if args.quick else (20, 30)
+    problems, repeats = (3, 20) if args.quick else (20, 200)
+    problems, repeats = args.problems or problems, args.repeats or repeats
+    peers = ["quadprog", *(p for p in SLOW if p in args.peers)]
     rng = np.random.default_rng(args.seed)
     warnings.filterwarnings("ignore", category=RuntimeWarning)  # SLSQP on singular problems
+    mogd.min_norm(torch.eye(3, dtype=torch.float64), backend="numba")  # compile (or load) first
 
     print(
-        f"torch {torch.__version__}, threads {torch.get_num_threads()}; "
-        f"{problems} problems per row, median of {repeats} calls each"
+        f"torch {torch.__version__}, numba {numba.__version__}, threads {torch.get_num_threads()}; "
+        f"{problems} problems per row; ours and quadprog interleaved, median of {repeats} rounds"
     )
+    slow_head = "".join(f" {n + ' us':>10} {'x':>6}" for n in peers[1:])
+    gap_head = "".join(f" {'gap ' + n:>19}" for n in ("numpy", *peers))
     head = (
-        f"{'family':<15}{'k':>3} | {'ours us':>8} {'SLSQP us':>9} {'x':>6} {'quadprog':>9} {'x':>6}"
-        f" {'FW us':>8} {'x':>6} | {'gap SLSQP':>19} {'gap quadprog':>19} {'gap FW':>19}"
-        f" | ridge"
+        f"{'family':<15}{'k':>3} | {'numba us':>8} {'numpy us':>8} {'quadprog':>8}"
+        f" {'qp/numba':>8} {'qp/numpy':>8}{slow_head} |{gap_head} | ridge"
     )
     print(head)
     print("-" * len(head))
     worst_beaten = 0.0
-    vs_quadprog: dict[int, list[float]] = {k: [] for k in KS}
+    vs_quadprog = {path: {k: [] for k in args.ks} for path in ("numba", "numpy")}
     for family in FAMILIES:
-        for k in KS:
-            r = run_row(rng, family, k, problems, repeats)
+        for k in args.ks:
+            r = run_row(rng, family, k, problems, repeats, peers)
             us = r["us"]
-            vs_quadprog[k].append(us["quadprog"] / us["ours"])
+            for path in vs_quadprog:
+                vs_quadprog[path][k].append(us["quadprog"] / us[path])
             gap = {n: f"{r['gap_min'][n]:+.1e}..{r['gap_max'][n]:+.1e}" for n in r["gap_max"]}
-            worst_beaten = min(worst_beaten, *r["gap_min"].values())
+            worst_beaten = min(worst_beaten, *(r["gap_min"][n] for n in peers))
+            slow = "".join(f" {us[n]:>10.1f} {us[n] / us['numba']:>6.1f}" for n in peers[1:])
             print(
-                f"{family:<15}{k:>3} | {us['ours']:>8.1f} {us['slsqp']:>9.1f}"
-                f" {us['slsqp'] / us['ours']:>6.1f} {us['quadprog']:>9.1f}"
-                f" {us['quadprog'] / us['ours']:>6.2f} {us['fw']:>8.1f} {us['fw'] / us['ours']:>6.1f}"
-                f" | {gap['slsqp']:>19} {gap['quadprog']:>19} {gap['fw']:>19} | {r['ridge']:.0e}"
+                f"{family:<15}{k:>3} | {us['numba']:>8.1f} {us['numpy']:>8.1f}"
+                f" {us['quadprog']:>8.1f} {us['quadprog'] / us['numba']:>8.2f}"
+                f" {us['quadprog'] / us['numpy']:>8.2f}{slow} |"
+                + "".join(f" {gap[n]:>19}" for n in ("numpy", *peers))
+                + f" | {r['ridge']:.0e}"
             )
     print(
-        "x = peer time / ours (> 1: ours faster). gap = (peer value - our value) / max G_ii, "
-        "min..max over the row's problems (< 0: the peer found a lower value)."
+        "qp/numba, qp/numpy = quadprog time / ours (> 1: ours faster); x = peer time / ours (numba)."
+        " gap = (peer value - our value) / max G_ii, min..max over the row's problems (< 0: the"
+        " peer found a lower value); gap numpy: our NumPy path against our numba path."
     )
     print(f"largest amount by which any peer beat ours: {-worst_beaten:.1e} (relative to max G_ii)")
-    print(
-        "quadprog time / ours, worst family per k: "
-        + ", ".join(f"k={k}: {min(v):.2f}" for k, v in vs_quadprog.items())
-    )
+    for path, ratios in vs_quadprog.items():
+        print(
+            f"quadprog time / ours ({path}), worst family per k: "
+            + ", ".join(f"k={k}: {min(v):.2f}" for k, v in ratios.items())
+        )
 
 
 if __name__ == "__main__":

@@ -65,13 +65,17 @@ class MinNormResult:
         value: wᵀGw, the squared norm of the min-norm point ‖Σ w_i g_i‖².
         kkt_residual: max over the optimality conditions (Gw)_i ≥ wᵀGw (all i), with equality on the
             support, of their violation, relative to max_i G_ii. 0 for an exact solution.
-        support: indices i with w_i > 0.
+        support: indices i with w_i > 0 (read from the weights when first asked for: a solve in a
+            training step never needs it).
     """
 
     weights: torch.Tensor
     value: float
     kkt_residual: float
-    support: tuple[int, ...]
+
+    @functools.cached_property
+    def support(self) -> tuple[int, ...]:
+        return tuple(torch.nonzero(self.weights > 0).flatten().tolist())
 
 
 def as_gram(G: torch.Tensor | np.ndarray) -> np.ndarray:
@@ -98,7 +102,7 @@ def as_gram(G: torch.Tensor | np.ndarray) -> np.ndarray:
 def _square_float64(G: torch.Tensor | np.ndarray) -> np.ndarray:
     """G as a square float64 NumPy array (a view when it already is one, e.g. a float64 CPU tensor)."""
     if isinstance(G, torch.Tensor):
-        if G.dtype is torch.float64 and G.device.type == "cpu" and not G.requires_grad:
+        if G.dtype is torch.float64 and G.is_cpu and not G.requires_grad:
             A = G.numpy()
         elif not (G.dtype.is_floating_point or G.dtype in (torch.int32, torch.int64)):
             raise TypeError(f"G must be a real floating-point tensor, got dtype {G.dtype}")
@@ -153,7 +157,7 @@ def min_norm(G: torch.Tensor | np.ndarray, *, backend: str = "auto") -> MinNormR
     Returns:
         :class:`MinNormResult` with float64 weights on the simplex, value, KKT residual and support.
     """
-    if tuple(G.shape) == (2, 2):
+    if G.shape == (2, 2):
         return _min_norm_two(G)
     if backend == "auto":
         kernel = _auto_kernel()
@@ -190,8 +194,7 @@ def min_norm(G: torch.Tensor | np.ndarray, *, backend: str = "auto") -> MinNormR
     if scale > 0.0:  # kkt_residual, reusing Gw
         gap = Gw - value
         residual = max(-float(gap.min()), float(np.abs(gap[positive]).max()), 0.0) / scale
-    support = tuple(np.flatnonzero(positive).tolist())
-    return MinNormResult(torch.from_numpy(w), max(value, 0.0), residual, support)
+    return MinNormResult(torch.from_numpy(w), max(value, 0.0), residual)
 
 
 @dataclass(frozen=True)
@@ -204,16 +207,28 @@ class _Kernel:
 
 def _min_norm_compiled(G: torch.Tensor | np.ndarray, kernel: _Kernel) -> MinNormResult:
     """k > 2 in one compiled call: the checks of as_gram and the solve of the NumPy path below."""
-    A = _square_float64(G)
-    if not A.flags.c_contiguous:  # one compiled specialisation (a transposed view would be another)
-        A = np.ascontiguousarray(A)
-    w = np.empty(A.shape[0])
+    if (
+        type(G) is torch.Tensor
+        and G.dtype is torch.float64
+        and G.is_cpu
+        and not G.requires_grad
+        and G.dim() == 2
+        and G.is_contiguous()
+    ):  # what mogd.gram returns: read in place
+        A = G.numpy()
+    else:
+        A = _square_float64(G)
+        if not A.flags.c_contiguous:  # one compiled specialisation, not one per memory layout
+            A = np.ascontiguousarray(A)
+    k = A.shape[0]
+    if A.shape[1] != k or k == 0:
+        raise ValueError(f"G must be a non-empty square k×k matrix, got shape {tuple(A.shape)}")
+    w = np.empty(k)
     status, value, residual = kernel.solve(A, w, GRAM_TOL, FACTOR_LADDER, FACTOR_FIT)
     if status:
         error, message = kernel.errors[status]
         raise error(message)
-    support = tuple([i for i, x in enumerate(w.tolist()) if x > 0.0])
-    return MinNormResult(torch.from_numpy(w), value, residual, support)
+    return MinNormResult(torch.from_numpy(w), value, residual)
 
 
 @functools.cache
@@ -273,10 +288,9 @@ def _min_norm_two(G: torch.Tensor | np.ndarray) -> MinNormResult:
     value = w1 * g1 + w2 * g2
     gap1, gap2 = g1 - value, g2 - value
     residual = max(0.0, -gap1, -gap2, abs(gap1) if w1 > 0 else 0.0, abs(gap2) if w2 > 0 else 0.0)
-    support = (0, 1) if w1 > 0 and w2 > 0 else ((0,) if w1 > 0 else (1,))
     weights = torch.from_numpy(np.array((w1, w2)))  # faster than torch.tensor([w1, w2])
     return MinNormResult(
-        weights, value if value > 0.0 else 0.0, residual / scale if scale > 0.0 else 0.0, support
+        weights, value if value > 0.0 else 0.0, residual / scale if scale > 0.0 else 0.0
     )
 
 

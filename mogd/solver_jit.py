@@ -36,7 +36,7 @@ OK, NONFINITE, NEGATIVE_DIAGONAL, ASYMMETRIC, INDEFINITE, NO_CONVERGENCE = range
 EPS = float(np.finfo(np.float64).eps)
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, error_model="numpy")
 def _pivoted_cholesky(An, tol, C, piv):  # pragma: no cover - compiled
     """Rank-revealing RᵀR = An[piv][:, piv] in the upper triangle of C (rows < rank); returns rank.
 
@@ -74,24 +74,25 @@ def _pivoted_cholesky(An, tol, C, piv):  # pragma: no cover - compiled
     return k
 
 
-@numba.njit(cache=True)
-def _factor(An, ladder, fit, gram_tol, M):  # pragma: no cover - compiled
-    """M[:rank+1] = [R; 1ᵀ] with RᵀR ≈ An (columns in G's order); returns rank, or −1 when G is
-    indefinite. The tolerance climbs the ladder (k·eps first) until the factor reproduces An to
-    ``fit``; a factor that never comes within ``gram_tol`` means G is not PSD (see mogd.solver)."""
+@numba.njit(cache=True, error_model="numpy")
+def _factor(An, ladder, fit, gram_tol, Mt):  # pragma: no cover - compiled
+    """Mt[:, :rank+1] = [R; 1ᵀ]ᵀ with RᵀR ≈ An (rows in G's order; columns of M are rows of Mt, so
+    the NNLS below reads them contiguously); returns rank, or −1 when G is indefinite. The
+    tolerance climbs the ladder (k·eps first) until the factor reproduces An to ``fit``; a factor
+    that never comes within ``gram_tol`` means G is not PSD (see mogd.solver)."""
     k = An.shape[0]
     C = np.empty((k, k))
     piv = np.empty(k, np.int64)
     best_err, best_rank = np.inf, 0
-    best = np.ones((k + 1, k))
+    best = np.empty((0, 0))  # allocated when G is found singular: rare
     for step in range(len(ladder) + 1):
         tol = k * EPS if step == 0 else ladder[step - 1]
         rank = _pivoted_cholesky(An, tol, C, piv)
-        M[:, :] = 0.0
+        Mt[:, :] = 0.0
         for r in range(rank):
             for c in range(r, k):
-                M[r, piv[c]] = C[r, c]
-        M[rank, :] = 1.0
+                Mt[piv[c], r] = C[r, c]
+        Mt[:, rank] = 1.0
         if rank == k:  # Cholesky is backward stable; an indefinite G stops early
             return k
         err = 0.0
@@ -99,98 +100,111 @@ def _factor(An, ladder, fit, gram_tol, M):  # pragma: no cover - compiled
             for b in range(a, k):
                 s = An[a, b]
                 for r in range(rank):
-                    s -= M[r, a] * M[r, b]
+                    s -= Mt[a, r] * Mt[b, r]
                 err = max(err, abs(s))
         if err < best_err:
+            if best.shape[0] == 0:
+                best = np.empty((k, k + 1))
             best_err, best_rank = err, rank
-            best[: rank + 1, :] = M[: rank + 1, :]
+            best[:, : rank + 1] = Mt[:, : rank + 1]
         if err <= fit:
             break
     if best_err > gram_tol:
         return -1
-    M[: best_rank + 1, :] = best[: best_rank + 1, :]
+    Mt[:, : best_rank + 1] = best[:, : best_rank + 1]
     return best_rank
 
 
-@numba.njit(cache=True)
-def _append(M, m, j, Q, R, p):  # pragma: no cover - compiled
-    """QR of the passive columns: orthogonalise M[:m, j] against Q[:, :p] twice (CGS2) into column
-    p; returns the new diagonal R[p, p] (0 when M[:, j] lies in their span)."""
+@numba.njit(cache=True, error_model="numpy")
+def _append(Mt, m, j, Qt, R, p):  # pragma: no cover - compiled
+    """QR of the passive columns (rows of Qt): orthogonalise column j of M against Qt[:p] into
+    Qt[p] by classical Gram–Schmidt, repeated while a pass cancels more than half the norm ("twice
+    is enough": orthogonal to working precision); returns the new diagonal R[p, p] (0 when the
+    column lies numerically in their span)."""
+    q = Qt[p]
+    col = Mt[j]
     norm0 = 0.0
     for i in range(m):
-        Q[i, p] = M[i, j]
-        norm0 += M[i, j] * M[i, j]
+        q[i] = col[i]
+        norm0 += col[i] * col[i]
+    norm0 = math.sqrt(norm0)
     for c in range(p):
         R[c, p] = 0.0
-    for _ in range(2):
+    before, norm = norm0, 0.0
+    for _ in range(3):
         for c in range(p):
+            qc = Qt[c]
             s = 0.0
             for i in range(m):
-                s += Q[i, c] * Q[i, p]
+                s += qc[i] * q[i]
             R[c, p] += s
             for i in range(m):
-                Q[i, p] -= s * Q[i, c]
-    norm = 0.0
-    for i in range(m):
-        norm += Q[i, p] * Q[i, p]
-    norm = math.sqrt(norm)
-    if norm <= 1e3 * EPS * math.sqrt(norm0):  # numerically dependent: LH must not take it
+                q[i] -= s * qc[i]
+        norm = 0.0
+        for i in range(m):
+            norm += q[i] * q[i]
+        norm = math.sqrt(norm)
+        if p == 0 or norm > 0.5 * before:
+            break
+        before = norm
+    if norm <= 1e3 * EPS * norm0:  # numerically dependent: LH must not take it
         return 0.0
     for i in range(m):
-        Q[i, p] /= norm
+        q[i] /= norm
     R[p, p] = norm
     return norm
 
 
-@numba.njit(cache=True)
-def _passive_solve(Q, R, m, p, z):  # pragma: no cover - compiled
-    """z[:p] = argmin ‖M_P z − e_m‖ = R⁻¹ Qᵀ e_m (Qᵀ e_m is Q's last row)."""
+@numba.njit(cache=True, error_model="numpy")
+def _passive_solve(Qt, R, m, p, z):  # pragma: no cover - compiled
+    """z[:p] = argmin ‖M_P z − e_m‖ = R⁻¹ Qᵀ e_m (Qᵀ e_m is the last entry of each row of Qt)."""
     for r in range(p - 1, -1, -1):
-        s = Q[m - 1, r]
+        s = Qt[r, m - 1]
         for c in range(r + 1, p):
             s -= R[r, c] * z[c]
         z[r] = s / R[r, r]
 
 
-@numba.njit(cache=True)
-def _nnls(M, m, u, max_iter):  # pragma: no cover - compiled
-    """Lawson–Hanson: u = argmin_{u ≥ 0} ‖M[:m] u − e_m‖; returns False past max_iter steps."""
-    k = M.shape[1]
-    Q = np.empty((m, k))
-    R = np.zeros((k, k))
+@numba.njit(cache=True, error_model="numpy")
+def _nnls(Mt, m, u, max_iter):  # pragma: no cover - compiled
+    """Lawson–Hanson: u = argmin_{u ≥ 0} ‖M u − e_m‖ for M = Mt[:, :m]ᵀ; returns False past
+    max_iter steps."""
+    k = Mt.shape[0]
+    Qt = np.empty((k, m))
+    R = np.empty((k, k))
     z = np.empty(k)
-    passive = np.empty(k, np.int64)  # the passive set, in the order of Q's columns
+    passive = np.empty(k, np.int64)  # the passive set, in the order of Qt's rows
     in_p = np.zeros(k, np.bool_)
     blocked = np.zeros(k, np.bool_)  # refused since the last change of u
-    grad = np.empty(k)
     resid = np.empty(m)
     u[:] = 0.0
     p = 0
     tol = 10.0 * EPS * (m + k)
     steps = 0
     while p < k:
-        for i in range(m):  # grad = Mᵀ(e_m − M u)
-            s = 1.0 if i == m - 1 else 0.0
-            for c in range(p):
-                s -= M[i, passive[c]] * u[passive[c]]
-            resid[i] = s
+        resid[:] = 0.0  # e_m − M u, then the most positive entry of the gradient Mᵀ(e_m − M u)
+        resid[m - 1] = 1.0
+        for c in range(p):
+            col, x = Mt[passive[c]], u[passive[c]]
+            for i in range(m):
+                resid[i] -= x * col[i]
         j, top = -1, tol
         for c in range(k):
             if not in_p[c] and not blocked[c]:
+                col = Mt[c]
                 s = 0.0
                 for i in range(m):
-                    s += M[i, c] * resid[i]
-                grad[c] = s
+                    s += col[i] * resid[i]
                 if s > top:
                     j, top = c, s
         if j < 0:
             break
-        if _append(M, m, j, Q, R, p) == 0.0:
+        if _append(Mt, m, j, Qt, R, p) == 0.0:
             blocked[j] = True
             continue
         passive[p] = j
         p += 1
-        _passive_solve(Q, R, m, p, z)
+        _passive_solve(Qt, R, m, p, z)
         if z[p - 1] <= 0.0:  # the new column would not enter with a positive value
             p -= 1
             blocked[j] = True
@@ -228,13 +242,13 @@ def _nnls(M, m, u, max_iter):  # pragma: no cover - compiled
                     first = min(first, c)
             p = first
             for c in range(first, q):  # rebuild the factor from the first dropped column on
-                _append(M, m, passive[c], Q, R, c)
+                _append(Mt, m, passive[c], Qt, R, c)
                 p += 1
-            _passive_solve(Q, R, m, p, z)
+            _passive_solve(Qt, R, m, p, z)
     return True
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, error_model="numpy")
 def solve(A, w, gram_tol, ladder, fit):  # pragma: no cover - compiled
     """The min-norm weights of the k×k Gram A into w; returns (status, value, kkt_residual).
 
@@ -275,11 +289,11 @@ def solve(A, w, gram_tol, ladder, fit):  # pragma: no cover - compiled
         w[0] = 1.0
     else:
         An = G / scale
-        M = np.empty((k + 1, k))
-        rank = _factor(An, ladder, fit, gram_tol, M)
+        Mt = np.empty((k, k + 1))
+        rank = _factor(An, ladder, fit, gram_tol, Mt)
         if rank < 0:
             return INDEFINITE, 0.0, 0.0
-        if not _nnls(M, rank + 1, w, 50 * k):
+        if not _nnls(Mt, rank + 1, w, 50 * k):
             return NO_CONVERGENCE, 0.0, 0.0
         total = w.sum()
         for a in range(k):
