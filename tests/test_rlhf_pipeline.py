@@ -339,6 +339,7 @@ def test_bad_checkpoints_fail_clearly_and_touch_nothing(tiny, tmp_path, capsys):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # eight short runs and two soups: minutes on a busy 2-core machine
 def test_evaluate_sweep_and_compare(tiny, tmp_path, monkeypatch):
     from integrations import evaluate as ev
 
@@ -370,10 +371,10 @@ def test_evaluate_sweep_and_compare(tiny, tmp_path, monkeypatch):
     for r in report["rows"]:
         assert set(r) == {"method", "seed", "scores", "harmless_ratio"}
         assert set(r["scores"]) == {"helpful", "harmless"} and 0 <= r["harmless_ratio"] <= 1
-    assert set(report["groups"]) == {"benign", "harmful"}
+    assert set(report["groups"]) == {"benign"}  # --eval-size 4: the first held-out prompts
     table = (tmp_path / "cmp" / "compare.md").read_text()
     assert "| sft |" in table and "| gapo-p1 |" in table and "HV contribution" in table
-    assert "harmful prompts" in table
+    assert "benign prompts" in table
     assert (tmp_path / "cmp" / "compare.csv").read_text().startswith("method,seeds,helpful")
 
     # rerunning reuses finished runs, but never the runs of another configuration

@@ -72,13 +72,21 @@ def sft_cache(tmp_path_factory):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("method", "objective"), [("ppo-h", "helpful"), ("ppo-s", "harmless")])
-def test_single_objective_ppo_improves_its_objective(method, objective, sft_cache, tmp_path):
+@pytest.mark.timeout(3600)
+@pytest.mark.parametrize(
+    ("method", "objective", "steps"),
+    # PPO-H's gain in R is small at the default 15 iterations (+0.10 ± 0.05 over three seeds in
+    # the README's protocol): three times the budget separates it from the noise
+    [("ppo-h", "helpful", 45), ("ppo-s", "harmless", 15)],
+)
+def test_single_objective_ppo_improves_its_objective(method, objective, steps, sft_cache, tmp_path):
     """PPO-H raises R and PPO-S raises −C over the SFT policy, on the held-out harmful
-    prompts (where the two objectives are decided), at the default budget."""
+    prompts (where the two objectives are decided)."""
     cfg = make_config(
         "tiny",
         method=method,
+        steps=steps,
+        eval_samples=16,  # 54 harmful prompts x 16: standard errors of about 0.07
         cache_dir=str(sft_cache),
         out=str(tmp_path / method),
         eval_size=0,
