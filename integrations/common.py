@@ -55,3 +55,19 @@ class Setup:
     categories: dict[str, str] = field(default_factory=dict)
     # Table 1's further held-out columns, {name: raw requests} (mistral-7b: HH-RLHF test)
     eval_sets: dict[str, list[str]] = field(default_factory=dict)
+
+
+def find_module(model: torch.nn.Module, name: str, option: str = "probe") -> torch.nn.Module:
+    """The submodule called ``name`` (MOGD's probe), or the only one whose dotted name ends with
+    ``.name`` (wrappers such as peft's add prefixes); ``option`` names the setting in errors."""
+    named = dict(model.named_modules())
+    if name in named:
+        return named[name]
+    matches = [m for n, m in named.items() if n.endswith("." + name)]
+    if len(matches) != 1:
+        found = "no module" if not matches else f"{len(matches)} modules"
+        raise ValueError(
+            f"{option} {name!r}: the model has {found} of that name; name one of "
+            f"{[n for n in named if n][-3:]} (e.g. lm_head), or pass the module itself"
+        )
+    return matches[0]

@@ -4,6 +4,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
 from pathlib import Path
 from typing import Any, Literal
@@ -179,3 +181,14 @@ def format_plan(plan: dict[str, Any]) -> str:
     lines.extend(f"note: {n}" for m in memory.values() for n in m["notes"])
     lines.append(f"note: {NOTE}")
     return "\n".join(lines)
+
+
+def dry_run(cfg: Config) -> str:
+    """What --dry-run prints: the preset's parameter counts and memory plan, no weights loaded;
+    with --json one object {"config": every Config field, "plan": ...}."""
+    plan = dry_run_plan(cfg)
+    if cfg.json:
+        return json.dumps({"config": dataclasses.asdict(cfg), "plan": plan}, indent=2)
+    if cfg.preset == "tiny":  # the tiny preset's plan is its configuration
+        return json.dumps(dataclasses.asdict(cfg), indent=2)
+    return format_plan(plan)

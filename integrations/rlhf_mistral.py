@@ -26,9 +26,7 @@ plots.png, eval.json and policy/ (Hugging Face format; integrations/runio.py).
 
 from __future__ import annotations
 
-import dataclasses
 import functools
-import json
 import math
 import os
 import sys
@@ -51,6 +49,7 @@ from mogd.distributed import is_sharded
 
 from . import ppo, presets
 from .accumulate import MicroBatch, accumulate_objectives, split
+from .common import find_module
 from .config import Config, fsdp_enabled, parse_config, total_steps, validate
 from .critics import build_critic, disable_dropout
 from .dist import (
@@ -80,11 +79,13 @@ from .runio import (
     open_run,
     plot_metrics,
     progress_postfix,
+    record,
     restore,
     save_checkpoint,
     save_policy,
     step_metrics,
     truncate_metrics,
+    weigh,
     write_config,
     write_eval,
 )
@@ -142,7 +143,7 @@ def train(cfg: Config, resume_state: dict[str, Any] | None = None) -> Path:
             if isinstance(getattr(scorer, "model", None), torch.nn.Module):
                 shard_trunks(scorer.model, "bf16", device)  # type: ignore[attr-defined]
     amp = functools.partial(autocast, cfg.precision, device, fsdp)  # bf16 in one process
-    probe = None if cfg.probe == "full" else find_module(policy, cfg.probe)
+    probe = None if cfg.probe == "full" else find_module(policy, cfg.probe, "--probe")
 
     steps = total_steps(cfg, len(setup.train_prompts), d.world)
     rollout_size = cfg.batch_size * cfg.grad_accum  # prompts per iteration per process
@@ -212,7 +213,7 @@ def train(cfg: Config, resume_state: dict[str, Any] | None = None) -> Path:
                 means = torch.stack([gather(r, d).mean() for r in rewards])
                 plan.mix = reward_weights.update(means).float()[None, :]
                 for s_, w in zip(scorers, reward_weights.weights.tolist(), strict=True):
-                    add(stats, f"reward_weight/{s_.name}", w)
+                    record(stats, f"reward_weight/{s_.name}", w)
             stream_scores = (plan.mix @ rewards).to(device)  # [S, B]
         # safe-rlhf: the dual step on each constraint's moving mean cost, before the update that
         # uses λ (Safe RLHF's order: record this batch's episode costs, step λ, then PPO)
@@ -294,7 +295,7 @@ def train(cfg: Config, resume_state: dict[str, Any] | None = None) -> Path:
                     with record_function("signal"):
                         cosines = half_batch_cosines(policy_losses, mb, trainable)
                     for name, c in zip(plan.loss_names, cosines, strict=True):
-                        add(stats, f"signal/{name}", c)
+                        record(stats, f"signal/{name}", c)
                 # micro-batches of --micro-batch-size sequences, each objective's gradient
                 # accumulated over them (integrations/accumulate.py); statistics weighted alike
                 chunks = split(mb, ro.mask, cfg.micro_batch_size)
@@ -360,7 +361,7 @@ def train(cfg: Config, resume_state: dict[str, Any] | None = None) -> Path:
                         clip_grad_norm_(critic.parameters(), cfg.max_grad_norm)
                     critic_opt.step()
                 for key, value in [*sums.items(), *info.as_dict(names=plan.loss_names).items()]:
-                    add(stats, key, value)
+                    record(stats, key, value)
 
         policy.eval()  # generation: KV cache on, checkpointing off
         critic.eval()
@@ -410,39 +411,6 @@ def train(cfg: Config, resume_state: dict[str, Any] | None = None) -> Path:
     return out
 
 
-def add(stats: dict[str, list[float]], key: str, value: float) -> None:
-    stats.setdefault(key, []).append(value)
-
-
-def weigh(sums: dict[str, float], key: str, weight: float, value: float) -> None:
-    """Accumulate a micro-batch's token mean into the update batch's: Σ_c (N_c / N) x_c."""
-    sums[key] = sums.get(key, 0.0) + weight * value
-
-
-def find_module(model: torch.nn.Module, name: str) -> torch.nn.Module:
-    """The policy's submodule ``name`` (MOGD's probe)."""
-    modules = dict(model.named_modules())
-    if name not in modules:
-        close = [n for n in modules if n.endswith(name.split(".")[-1])][:5]
-        raise ValueError(
-            f"--probe {name}: no such module in the policy (e.g. {close or 'lm_head'}, or full)"
-        )
-    return modules[name]
-
-
-def dry_run(cfg: Config) -> str:
-    """What --dry-run prints: the preset's parameter counts and memory plan, no weights loaded;
-    with --json one object {"config": every Config field, "plan": ...}."""
-    from .plan import dry_run_plan, format_plan
-
-    plan = dry_run_plan(cfg)
-    if cfg.json:
-        return json.dumps({"config": dataclasses.asdict(cfg), "plan": plan}, indent=2)
-    if cfg.preset == "tiny":  # the tiny preset's plan is its configuration
-        return json.dumps(dataclasses.asdict(cfg), indent=2)
-    return format_plan(plan)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Train (or --dry-run) from the command line; 2 and a message naming the option on a bad
     configuration. ``mogd-rlhf`` also routes evaluate / sweep / compare (integrations/cli.py)."""
@@ -457,6 +425,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         cfg = parse_config(argv)
         if cfg.dry_run:
+            from .plan import dry_run  # the paper preset's modules, only when asked
+
             print(dry_run(cfg))
             return 0
         resume_state = open_run(cfg)

@@ -278,6 +278,16 @@ def step_metrics(
     return row
 
 
+def record(stats: dict[str, list[float]], key: str, value: float) -> None:
+    """One value of a per-iteration statistic (its mean goes to metrics.jsonl)."""
+    stats.setdefault(key, []).append(value)
+
+
+def weigh(sums: dict[str, float], key: str, weight: float, value: float) -> None:
+    """Accumulate a micro-batch's token mean into the update batch's: Σ_c (N_c / N) x_c."""
+    sums[key] = sums.get(key, 0.0) + weight * value
+
+
 def append_metrics(out: Path, row: dict[str, Any]) -> None:
     with open(out / "metrics.jsonl", "a") as fh:
         fh.write(json.dumps(row) + "\n")

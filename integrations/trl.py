@@ -47,6 +47,8 @@ from trl.trainer.utils import nanstd
 
 import mogd
 
+from .common import find_module
+
 __all__ = ["MOGDGRPOTrainer", "group_advantages"]
 
 # TRL's denominator guard in the group normalisation of GRPOTrainer (kept identical per reward).
@@ -227,7 +229,10 @@ class MOGDGRPOTrainer(trl.GRPOTrainer):
         probe = self.probe
         if isinstance(probe, str):
             model = args[0] if args else kwargs.get("model")
-            probe = _find_module(self.model if model is None else model, probe)
+            model = self.model if model is None else model
+            if model is None:
+                raise ValueError(f"probe={probe!r} needs the model to look it up in")
+            probe = find_module(model, probe, "probe=")
         self.mogd_optimizer = mogd.MOGD(inner, self.weighting, probe=probe, max_norm=self.max_norm)
         self.optimizer = self.mogd_optimizer
         return self.optimizer
@@ -388,23 +393,6 @@ class _LogMOGDStep(transformers.TrainerCallback):
         if info is None:
             return
         self.trainer.record_step(info)
-
-
-def _find_module(model: Any, name: str) -> torch.nn.Module:
-    """The submodule called ``name``, or the only one whose dotted name ends with it (wrappers such
-    as peft's add prefixes)."""
-    if model is None:
-        raise ValueError(f"probe={name!r} needs the model to look it up in")
-    named = dict(model.named_modules())
-    if name in named:
-        return named[name]
-    matches = [m for n, m in named.items() if n.endswith("." + name)]
-    if len(matches) != 1:
-        found = "no module" if not matches else f"{len(matches)} modules"
-        raise ValueError(
-            f"probe={name!r}: the model has {found} of that name; pass the module itself"
-        )
-    return matches[0]
 
 
 def _unique(names: Sequence[str]) -> list[str]:
