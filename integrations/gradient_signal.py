@@ -17,15 +17,18 @@ from collections.abc import Callable, Sequence
 
 import torch
 
+from .accumulate import MicroBatch
+
 
 def half_batch_cosines(
-    losses_of: Callable[[torch.Tensor], Sequence[torch.Tensor]],
+    losses_of: Callable[[MicroBatch], Sequence[torch.Tensor]],
     rows: torch.Tensor,
     params: Sequence[torch.Tensor],
 ) -> list[float]:
     """Per objective, cos(∇L_i(first half of ``rows``), ∇L_i(second half)).
 
-    ``losses_of(rows)`` returns the k losses of those rows (a forward pass with autograd on).
+    ``losses_of(MicroBatch(rows, 1.0))`` returns the k losses of those rows (a forward pass with
+    autograd on), as the training step computes them.
     Gradients are taken with ``torch.autograd.grad`` on ``params``: nothing lands in ``.grad``,
     so the caller's optimizer state is untouched. NaN for an objective whose gradient is zero
     on either half.
@@ -36,7 +39,7 @@ def half_batch_cosines(
     half = len(rows) // 2
     grads: list[list[torch.Tensor]] = []
     for part in (rows[:half], rows[half:]):
-        losses = list(losses_of(part))
+        losses = list(losses_of(MicroBatch(part, 1.0)))
         flat = []
         for i, loss in enumerate(losses):
             g = torch.autograd.grad(

@@ -265,23 +265,35 @@ def train(cfg: Config, resume_state: dict[str, Any] | None = None) -> Path:
         policy.train()
         critic.train()
 
-        def policy_losses(
-            rows: torch.Tensor,
+        def losses_of(
+            chunk: MicroBatch,
+            hiddens: list[torch.Tensor | None],
+            sums: dict[str, float],
             ro: Rollout = ro,
             mask: torch.Tensor = mask,
             old_logp: torch.Tensor = old_logp,
             advantages: list[torch.Tensor] = advantages,
         ) -> list[torch.Tensor]:
-            """The k PPO losses of ``rows`` (what the half-batch cosine differentiates)."""
-            logp, logits, _ = forward_response(
-                policy, ro.ids[rows], ro.attn[rows], ro.prompt_len, dec
-            )
+            """The k PPO losses of one micro-batch (token means over its rows); its statistics
+            go to ``sums`` weighted by its share of the tokens, its hidden states to ``hiddens``."""
+            rows, w = chunk.rows, chunk.weight
+            with amp():
+                logp, logits, hidden = forward_response(
+                    policy, ro.ids[rows], ro.attn[rows], ro.prompt_len, dec, head_critic
+                )
+            hiddens.append(hidden)
             entropy = ppo.entropy_from_logits(logits, mask[rows])
-            return [
-                ppo.policy_loss(logp, old_logp[rows], adv[rows], mask[rows], cfg.clip_eps)[0]
-                - cfg.entropy_coef * entropy
-                for adv in advantages
-            ]
+            weigh(sums, "entropy", w, entropy.item())
+            losses = []
+            for name, adv in zip(plan.loss_names, advantages, strict=True):
+                loss, st = ppo.policy_loss(
+                    logp, old_logp[rows], adv[rows], mask[rows], cfg.clip_eps
+                )
+                losses.append(loss - cfg.entropy_coef * entropy)
+                weigh(sums, f"clip_frac/{name}", w, st.clip_fraction)
+                weigh(sums, f"approx_kl/{name}", w, st.approx_kl)
+                weigh(sums, f"policy_loss/{name}", w, loss.detach().item())
+            return losses
 
         for epoch in range(cfg.ppo_epochs):
             order = torch.randperm(len(prompts))
@@ -293,7 +305,8 @@ def train(cfg: Config, resume_state: dict[str, Any] | None = None) -> Path:
                 if signal and lo == epoch == 0:
                     # signal/<name>: cos of one objective's gradients on two halves of the batch
                     with record_function("signal"):
-                        cosines = half_batch_cosines(policy_losses, mb, trainable)
+                        halves = functools.partial(losses_of, hiddens=[], sums={})
+                        cosines = half_batch_cosines(halves, mb, trainable)
                     for name, c in zip(plan.loss_names, cosines, strict=True):
                         record(stats, f"signal/{name}", c)
                 # micro-batches of --micro-batch-size sequences, each objective's gradient
@@ -301,39 +314,11 @@ def train(cfg: Config, resume_state: dict[str, Any] | None = None) -> Path:
                 chunks = split(mb, ro.mask, cfg.micro_batch_size)
                 hiddens: list[torch.Tensor | None] = []
                 sums: dict[str, float] = {}
-
-                def losses_of(
-                    chunk: MicroBatch,
-                    ro: Rollout = ro,
-                    mask: torch.Tensor = mask,
-                    old_logp: torch.Tensor = old_logp,
-                    advantages: list[torch.Tensor] = advantages,
-                    hiddens: list[torch.Tensor | None] = hiddens,
-                    sums: dict[str, float] = sums,
-                ) -> list[torch.Tensor]:
-                    """The k PPO losses of one micro-batch (token means over its rows)."""
-                    rows, w = chunk.rows, chunk.weight
-                    with amp():
-                        logp, logits, hidden = forward_response(
-                            policy, ro.ids[rows], ro.attn[rows], ro.prompt_len, dec, head_critic
-                        )
-                    hiddens.append(hidden)
-                    entropy = ppo.entropy_from_logits(logits, mask[rows])
-                    weigh(sums, "entropy", w, entropy.item())
-                    losses = []
-                    for name, adv in zip(plan.loss_names, advantages, strict=True):
-                        loss, st = ppo.policy_loss(
-                            logp, old_logp[rows], adv[rows], mask[rows], cfg.clip_eps
-                        )
-                        losses.append(loss - cfg.entropy_coef * entropy)
-                        weigh(sums, f"clip_frac/{name}", w, st.clip_fraction)
-                        weigh(sums, f"approx_kl/{name}", w, st.approx_kl)
-                        weigh(sums, f"policy_loss/{name}", w, loss.detach().item())
-                    return losses
+                step_losses = functools.partial(losses_of, hiddens=hiddens, sums=sums)
 
                 with record_function("policy_update"):
                     opt.zero_grad(set_to_none=True)
-                    info = accumulate_objectives(opt, chunks, losses_of, probe=probe is not None)
+                    info = accumulate_objectives(opt, chunks, step_losses, probe=probe is not None)
                     sched.step()
 
                 with record_function("critic"):
