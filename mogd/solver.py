@@ -207,19 +207,15 @@ class _Kernel:
 
 def _min_norm_compiled(G: torch.Tensor | np.ndarray, kernel: _Kernel) -> MinNormResult:
     """k > 2 in one compiled call: the checks of as_gram and the solve of the NumPy path below."""
-    if (
-        type(G) is torch.Tensor
-        and G.dtype is torch.float64
-        and G.is_cpu
-        and not G.requires_grad
-        and G.dim() == 2
-        and G.is_contiguous()
-    ):  # what mogd.gram returns: read in place
-        A = G.numpy()
-    else:
-        A = _square_float64(G)
-        if not A.flags.c_contiguous:  # one compiled specialisation, not one per memory layout
-            A = np.ascontiguousarray(A)
+    A = None
+    if type(G) is torch.Tensor and G.dtype is torch.float64:
+        try:
+            A = G.numpy()  # what mogd.gram returns (float64 on the CPU): read in place
+        except (RuntimeError, TypeError):  # requires grad, or not on the CPU
+            pass
+    if A is None or A.ndim != 2 or not A.flags.c_contiguous:
+        # one compiled specialisation, not one per memory layout
+        A = np.ascontiguousarray(_square_float64(G))
     k = A.shape[0]
     if A.shape[1] != k or k == 0:
         raise ValueError(f"G must be a non-empty square k×k matrix, got shape {tuple(A.shape)}")

@@ -11,10 +11,12 @@ solve the non-negative least squares problem
 by Lawson–Hanson's active-set method (finite), and certify w by its KKT residual. At k ≤ 32 the
 NumPy path spends its time in ~25 library calls of ~1 µs each; here the whole solve is one call.
 
-Lawson–Hanson keeps a QR factor of the passive columns of M = [R; 1ᵀ]: classical Gram–Schmidt with
-one reorthogonalisation (orthogonal to working precision), a column appended in O(mp), and the
-factor rebuilt from the first dropped column when the step leaves the passive set. Since the
-right-hand side is e_m, Qᵀb is the last row of Q.
+Lawson–Hanson keeps a QR factor of the passive columns of M = [R; 1ᵀ] (stored as rows, so they are
+read contiguously): classical Gram–Schmidt, repeated when a pass cancels most of the column
+(orthogonal to working precision), a column appended in O(mp), the factor rebuilt from the first
+dropped column when a step leaves the passive set. Since the right-hand side is e_m, Qᵀb is Q's
+last row. A column enters when its gradient entry exceeds that entry's rounding error: the textbook
+test (> 0) cycles on rounding noise when 0 is in the hull.
 
 numba is an optional dependency (extra ``mogd[solver]``): this module is imported only by
 :func:`mogd.solver.min_norm`, the first time a k > 2 solve runs, and compiles once (``cache=True``).
@@ -27,8 +29,15 @@ import math
 import numba
 import numpy as np
 
-__all__ = ["OK", "NONFINITE", "NEGATIVE_DIAGONAL", "ASYMMETRIC", "INDEFINITE", "NO_CONVERGENCE"]
-__all__ += ["solve"]
+__all__ = [
+    "ASYMMETRIC",
+    "INDEFINITE",
+    "NEGATIVE_DIAGONAL",
+    "NONFINITE",
+    "NO_CONVERGENCE",
+    "OK",
+    "solve",
+]
 
 # Status codes of :func:`solve`; the caller turns them into the errors of the NumPy path.
 OK, NONFINITE, NEGATIVE_DIAGONAL, ASYMMETRIC, INDEFINITE, NO_CONVERGENCE = range(6)
@@ -121,28 +130,25 @@ def _append(Mt, m, j, Qt, R, p):  # pragma: no cover - compiled
     Qt[p] by classical Gram–Schmidt, repeated while a pass cancels more than half the norm ("twice
     is enough": orthogonal to working precision); returns the new diagonal R[p, p] (0 when the
     column lies numerically in their span)."""
-    q = Qt[p]
-    col = Mt[j]
     norm0 = 0.0
     for i in range(m):
-        q[i] = col[i]
-        norm0 += col[i] * col[i]
+        Qt[p, i] = Mt[j, i]
+        norm0 += Mt[j, i] * Mt[j, i]
     norm0 = math.sqrt(norm0)
     for c in range(p):
         R[c, p] = 0.0
     before, norm = norm0, 0.0
     for _ in range(3):
         for c in range(p):
-            qc = Qt[c]
             s = 0.0
             for i in range(m):
-                s += qc[i] * q[i]
+                s += Qt[c, i] * Qt[p, i]
             R[c, p] += s
             for i in range(m):
-                q[i] -= s * qc[i]
+                Qt[p, i] -= s * Qt[c, i]
         norm = 0.0
         for i in range(m):
-            norm += q[i] * q[i]
+            norm += Qt[p, i] * Qt[p, i]
         norm = math.sqrt(norm)
         if p == 0 or norm > 0.5 * before:
             break
@@ -150,7 +156,7 @@ def _append(Mt, m, j, Qt, R, p):  # pragma: no cover - compiled
     if norm <= 1e3 * EPS * norm0:  # numerically dependent: LH must not take it
         return 0.0
     for i in range(m):
-        q[i] /= norm
+        Qt[p, i] /= norm
     R[p, p] = norm
     return norm
 
@@ -177,26 +183,41 @@ def _nnls(Mt, m, u, max_iter):  # pragma: no cover - compiled
     in_p = np.zeros(k, np.bool_)
     blocked = np.zeros(k, np.bool_)  # refused since the last change of u
     resid = np.empty(m)
+    size = np.empty(m)  # |e_m| + Σ_P u_c |M_c|: what the rounding of resid scales with
     u[:] = 0.0
     p = 0
-    tol = 10.0 * EPS * (m + k)
     steps = 0
     while p < k:
-        resid[:] = 0.0  # e_m − M u, then the most positive entry of the gradient Mᵀ(e_m − M u)
+        # resid = e_m − M u; a column enters when its gradient entry Mᵀresid is positive beyond
+        # its rounding error (Lawson–Hanson's test is > 0: rounding noise then makes it cycle
+        # where 0 is in the hull)
+        resid[:] = 0.0
         resid[m - 1] = 1.0
         for c in range(p):
-            col, x = Mt[passive[c]], u[passive[c]]
+            a, x = passive[c], u[passive[c]]
             for i in range(m):
-                resid[i] -= x * col[i]
-        j, top = -1, tol
+                resid[i] -= x * Mt[a, i]
+        sized = False
+        j, top = -1, 0.0
         for c in range(k):
             if not in_p[c] and not blocked[c]:
-                col = Mt[c]
                 s = 0.0
                 for i in range(m):
-                    s += col[i] * resid[i]
+                    s += Mt[c, i] * resid[i]
                 if s > top:
-                    j, top = c, s
+                    if not sized:
+                        size[:] = 0.0
+                        size[m - 1] = 1.0
+                        for q in range(p):
+                            a, x = passive[q], u[passive[q]]
+                            for i in range(m):
+                                size[i] += x * abs(Mt[a, i])
+                        sized = True
+                    noise = 0.0
+                    for i in range(m):
+                        noise += abs(Mt[c, i]) * size[i]
+                    if s > 2.0 * EPS * noise:
+                        j, top = c, s
         if j < 0:
             break
         if _append(Mt, m, j, Qt, R, p) == 0.0:
