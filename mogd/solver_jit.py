@@ -262,7 +262,9 @@ def _nnls(Mt, m, u, max_iter):  # pragma: no cover - compiled
                     in_p[i] = False
                     first = min(first, c)
             p = first
-            for c in range(first, q):  # rebuild the factor from the first dropped column on
+            # rebuild the factor from the first dropped column on (a column independent of the
+            # columns before it stays so when some of them leave)
+            for c in range(first, q):
                 _append(Mt, m, passive[c], Qt, R, c)
                 p += 1
             _passive_solve(Qt, R, m, p, z)
