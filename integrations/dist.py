@@ -45,6 +45,13 @@ def init_distributed(device: str) -> Dist:
     return Dist(tdist.get_rank(), tdist.get_world_size())
 
 
+def close_distributed() -> None:
+    """Leave the process group before the interpreter exits: a gloo group left to static
+    destructors can abort a rank at exit ("terminate called without an active exception")."""
+    if tdist.is_available() and tdist.is_initialized():
+        tdist.destroy_process_group()
+
+
 def current() -> Dist:
     """This process's rank and the world size of the default process group (one process when
     there is none)."""

@@ -55,6 +55,7 @@ from .critics import build_critic, disable_dropout
 from .dist import (
     all_reduce_grads,
     barrier,
+    close_distributed,
     gather,
     gather_rows,
     init_distributed,
@@ -419,6 +420,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"rlhf_mistral.py: error: {err}", file=sys.stderr)
         return 2
     out = train(cfg, resume_state)
+    close_distributed()
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"run written to {out}")
     return 0
