@@ -1,4 +1,4 @@
-"""GPU benchmark of the fused Gram and combine kernels (DESIGN §4, issue 4).
+"""GPU benchmark of the fused Gram and combine kernels (DESIGN §4).
 
 Both passes are memory-bound, so the figure of merit is achieved bandwidth. For each dtype, k and n
 the script measures, in the same process and on the same bank:

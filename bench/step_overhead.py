@@ -1,4 +1,4 @@
-"""Step overhead of MOGD (issue 3): time per step and peak extra memory of one multi-objective step.
+"""Step overhead of MOGD: time per step and peak extra memory of one multi-objective step.
 
 An MLP with n ≈ 1e6 / 1e7 parameters and k ∈ {2, 4, 8} regression heads (one loss per output), batch
 64 (--batch), AdamW, all measured in one process on the same data:

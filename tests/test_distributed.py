@@ -1,4 +1,4 @@
-"""MOGD under torch.distributed (issue 5): 2 processes, gloo, CPU, spawned once for the module.
+"""MOGD under torch.distributed: 2 processes, gloo, CPU, spawned once for the module.
 
 Every scenario runs the same float64 model on a 16-row batch: each rank gets 8 rows, and the
 reference is a single process on the concatenated 16 rows (mean losses, so the average of the two

@@ -141,7 +141,7 @@ def test_gram_zero_rows_and_scales():
 
 
 def test_gram_fp32_large_n_accuracy():
-    """Issue 2: relative error <= 1e-6 against float64 at n = 5e7, k = 4, float32 (plain float32
+    """Relative error <= 1e-6 against float64 at n = 5e7, k = 4, float32 (plain float32
     J @ J.T is ~1e-2 off here). One test, ~0.8 GB of input."""
     k, n = 4, 50_000_000
     g = torch.Generator().manual_seed(7)

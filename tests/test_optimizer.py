@@ -1,4 +1,4 @@
-"""MOGD (issue 3): the update against a naive float64 reference (k × autograd.grad, stack, Gram,
+"""MOGD: the update against a naive float64 reference (k × autograd.grad, stack, Gram,
 mogd.min_norm, assign), convex problems with known Pareto sets, the paper's Theorems 3.2–3.3 on a small
 model, the gradient bank's memory and zero-gradient rules, probe mode and the failure policy.
 

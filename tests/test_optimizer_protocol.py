@@ -1,4 +1,4 @@
-"""MOGD as a torch.optim.Optimizer (issue 3): every LR scheduler, zero_grad, shared param_groups and
+"""MOGD as a torch.optim.Optimizer: every LR scheduler, zero_grad, shared param_groups and
 state, step hooks, bit-for-bit state_dict resume, AMP GradScaler (unscale before the Gram, planted
 infs skip and back off exactly as the scaler would) and accelerate.Accelerator().prepare.
 
