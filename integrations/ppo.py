@@ -40,6 +40,7 @@ __all__ = [
     "policy_loss",
     "sequence_kl",
     "value_loss",
+    "warmup_cosine",
 ]
 
 
@@ -321,3 +322,20 @@ class Lagrangian:
         self.log_lambda = float(state["log_lambda"])
         self.episode_costs.clear()
         self.episode_costs.extend(float(c) for c in state["episode_costs"])
+
+
+def warmup_cosine(
+    optimizer: torch.optim.Optimizer, warmup: int, total: int
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """The paper's schedule (Table 2: cosine, 3 % warm-up): lr · t / warmup for t < warmup, then
+    lr · ½ (1 + cos(π (t − warmup) / (total − warmup))), floored at 0; the same factors as
+    transformers' ``get_cosine_schedule_with_warmup``, whose module would import peft (seconds)
+    on every run of the tiny preset."""
+
+    def factor(t: int) -> float:
+        if t < warmup:
+            return t / max(1, warmup)
+        progress = (t - warmup) / max(1, total - warmup)
+        return max(0.0, 0.5 * (1.0 + math.cos(math.pi * progress)))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)

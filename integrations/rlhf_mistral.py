@@ -110,7 +110,6 @@ def train(cfg: Config, resume_state: dict[str, Any] | None = None) -> Path:
     if resume_state is None:
         resume_state = open_run(cfg)
     from tqdm.auto import tqdm
-    from transformers import get_cosine_schedule_with_warmup
 
     device = resolve_device(cfg.device)
     d = init_distributed(device)
@@ -159,9 +158,7 @@ def train(cfg: Config, resume_state: dict[str, Any] | None = None) -> Path:
         process_group=None if fsdp else process_group(d),  # DTensor shards carry their mesh
     )
     total_updates = steps * cfg.ppo_epochs * math.ceil(rollout_size / update_size)
-    sched = get_cosine_schedule_with_warmup(
-        opt, round(cfg.warmup_ratio * total_updates), total_updates
-    )
+    sched = ppo.warmup_cosine(opt, round(cfg.warmup_ratio * total_updates), total_updates)
     critic_opt = torch.optim.AdamW(critic.parameters(), lr=cfg.critic_lr, weight_decay=0.0)
     lagrangians = [
         ppo.Lagrangian(

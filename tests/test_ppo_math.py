@@ -17,6 +17,7 @@ from integrations.ppo import (
     policy_loss,
     sequence_kl,
     value_loss,
+    warmup_cosine,
 )
 
 D = torch.float64
@@ -203,3 +204,22 @@ def test_lagrangian_advantages_hand_computed():
     torch.testing.assert_close(lagrangian_advantages([a_r], [a_harmless], [3.0]), t([-0.5, 0.875]))
     with pytest.raises(ValueError, match="one multiplier per constraint"):
         lagrangian_advantages([a_r], [a_harmless], [])
+
+
+@pytest.mark.parametrize(("warmup", "total"), [(0, 10), (3, 100), (5, 5), (1, 2)])
+def test_warmup_cosine_matches_transformers(warmup, total):
+    from transformers import get_cosine_schedule_with_warmup
+
+    def lrs(make):
+        opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.3)
+        sched = make(opt)
+        out = []
+        for _ in range(total + 3):
+            out.append(opt.param_groups[0]["lr"])
+            opt.step()
+            sched.step()
+        return out
+
+    ours = lrs(lambda o: warmup_cosine(o, warmup, total))
+    reference = lrs(lambda o: get_cosine_schedule_with_warmup(o, warmup, total))
+    assert ours == pytest.approx(reference, abs=1e-15)
