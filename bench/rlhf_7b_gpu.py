@@ -72,20 +72,6 @@ def shapes(smoke: bool, fsdp_layers: int) -> dict[str, dict[str, Any]]:
     }
 
 
-def make_words(n: int) -> list[str]:
-    """n distinct pseudo-words (consonant-vowel syllables), in a fixed order."""
-    syllables = [c + v for c in "bcdfghjklmnprstvwz" for v in "aeiou"]
-    words: list[str] = []
-    size = 1
-    while len(words) < n:
-        stack = [""]
-        for _ in range(size):
-            stack = [w + s for w in stack for s in syllables]
-        words.extend(stack[: n - len(words)])
-        size += 1
-    return words
-
-
 def build_setup(
     cfg: Any, world: dict[str, Any], device: str, policy_fields: dict[str, Any], lora: int
 ) -> Any:
@@ -283,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
     t_start = time.perf_counter()
     fields = shapes(smoke, args.fsdp_layers)
     vocab = fields["policy"]["vocab_size"]
-    words = make_words(vocab - len(fakes.SPECIAL) - len(fakes.TEMPLATE_WORDS))
+    words = fakes.pseudo_words(vocab - len(fakes.SPECIAL) - len(fakes.TEMPLATE_WORDS))
     tokenizer = fakes.policy_tokenizer([*fakes.TEMPLATE_WORDS, *words])
     assert len(tokenizer) == vocab, (len(tokenizer), vocab)
     tokenizer.padding_side = "left"

@@ -106,22 +106,10 @@ SMOKE_SIZES = Sizes(
 )
 
 
-def make_words(n: int, seed: int) -> list[str]:
-    """n distinct lower-case pseudo-words of 1-4 consonant-vowel syllables."""
-    import random
-
-    rng = random.Random(seed)
-    syllables = [c + v for c in "bcdfghjklmnprstvwz" for v in "aeiou"]
-    words: dict[str, None] = {}
-    while len(words) < n:
-        words["".join(rng.choice(syllables) for _ in range(rng.randint(1, 4)))] = None
-    return list(words)
-
-
 def build_world(root: Path, s: Sizes, device: str, seed: int = 0) -> dict[str, Any]:
     from integrations import fakes
 
-    words = make_words(s.vocab - len(fakes.SPECIAL) - len(fakes.TEMPLATE_WORDS), seed)
+    words = fakes.pseudo_words(s.vocab - len(fakes.SPECIAL) - len(fakes.TEMPLATE_WORDS), seed)
     p_tok = fakes.policy_tokenizer([*fakes.TEMPLATE_WORDS, *words])
     s_tok = fakes.scorer_tokenizer([" ".join(fakes.TEMPLATE_WORDS), *words], s.score_vocab)
     assert len(p_tok) == s.vocab, (len(p_tok), s.vocab)

@@ -86,6 +86,17 @@ def wrap_tokenizer(tok: Tokenizer) -> PreTrainedTokenizerFast:
     )
 
 
+def pseudo_words(n: int, seed: int = 0) -> list[str]:
+    """``n`` distinct lower-case pseudo-words of 1-4 consonant-vowel syllables (a vocabulary for
+    the offline tokenizers), the same for the same seed."""
+    rng = random.Random(seed)
+    syllables = [c + v for c in "bcdfghjklmnprstvwz" for v in "aeiou"]
+    words: dict[str, None] = {}
+    while len(words) < n:
+        words["".join(rng.choice(syllables) for _ in range(rng.randint(1, 4)))] = None
+    return list(words)
+
+
 def policy_tokenizer(words: Sequence[str]) -> PreTrainedTokenizerFast:
     """Word level: ids are SPECIAL, then ``words`` in order (repeats dropped); chat template set."""
     vocab = {t: i for i, t in enumerate(dict.fromkeys([*SPECIAL, *words]))}
