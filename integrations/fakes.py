@@ -8,7 +8,8 @@ ones, ``bench/rlhf_gpu.py`` a few hundred million parameters on a GPU.
 - :func:`policy_tokenizer`: word level (one id per word) with a chat template;
 - :func:`scorer_tokenizer`: a small BPE, so most words split into several sub-words and the scorers
   must re-tokenise the policy's text, as with beaver-7b;
-- :func:`save_policy`: a random ``MistralForCausalLM`` saved with its tokenizer;
+- :func:`save_policy`: a random ``MistralForCausalLM`` saved with its tokenizer; :func:`toy_mistral`,
+  a 2-layer one in memory;
 - :func:`save_score_model`: safe-rlhf's layout: ``model.*`` backbone, ``score_head.*``,
   ``normalizer.*`` in two safetensors shards + index, score fields in config.json;
 - :func:`save_pku_prompts`, :func:`random_pku_rows`, :func:`save_hh_prompts`: prompt files.
@@ -116,6 +117,23 @@ def scorer_tokenizer(texts: Iterable[str], vocab_size: int) -> PreTrainedTokeniz
     )
     tok.train_from_iterator(list(texts), trainer)
     return wrap_tokenizer(tok)
+
+
+def toy_mistral(vocab_size: int, *, seed: int = 0, **config: Any) -> MistralForCausalLM:
+    """A random 2-layer ``MistralForCausalLM`` (hidden 32, 4 query / 2 key-value heads, untied
+    head) in eval mode, for tests that need a real decoder and no tokenizer; ``config`` overrides
+    ``MistralConfig`` fields."""
+    torch.manual_seed(seed)
+    fields: dict[str, Any] = dict(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+        tie_word_embeddings=False,
+    )
+    return MistralForCausalLM(MistralConfig(vocab_size=vocab_size, **{**fields, **config})).eval()
 
 
 def save_policy(

@@ -6,28 +6,17 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from transformers import MistralConfig, MistralForCausalLM
 
 import mogd
 from integrations import ppo
 from integrations.accumulate import accumulate_objectives, split
+from integrations.fakes import toy_mistral
 
 B, P, T = 7, 3, 6  # sequences, prompt and response length
 
 
 def make_model():
-    torch.manual_seed(0)
-    config = MistralConfig(
-        vocab_size=50,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=32,
-        tie_word_embeddings=False,
-    )
-    return MistralForCausalLM(config).double().eval()
+    return toy_mistral(50, max_position_embeddings=32).double()
 
 
 def rollout():

@@ -6,7 +6,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from transformers import MistralConfig, MistralForCausalLM
+from transformers import MistralForCausalLM
 from transformers.generation.logits_process import (
     LogitsProcessorList,
     RepetitionPenaltyLogitsProcessor,
@@ -15,6 +15,7 @@ from transformers.generation.logits_process import (
     TopPLogitsWarper,
 )
 
+from integrations.fakes import toy_mistral
 from integrations.sampling import (
     Decoding,
     positions,
@@ -80,21 +81,7 @@ def test_decoding_rejects_bad_settings() -> None:
 
 @pytest.fixture(scope="module")
 def model() -> MistralForCausalLM:
-    torch.manual_seed(0)
-    config = MistralConfig(
-        vocab_size=40,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
-        pad_token_id=PAD,
-        bos_token_id=BOS,
-        eos_token_id=EOS,
-        tie_word_embeddings=False,
-    )
-    m = MistralForCausalLM(config).eval()
+    m = toy_mistral(40, pad_token_id=PAD, bos_token_id=BOS, eos_token_id=EOS)
     with torch.no_grad():  # make EOS likely enough that some rows stop early
         m.lm_head.weight[EOS] += 0.3 * m.lm_head.weight.mean(0)
     return m

@@ -15,30 +15,18 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from transformers import MistralConfig, MistralForCausalLM
 
 import mogd
 from integrations import sharding
 from integrations.accumulate import accumulate_objectives, split
+from integrations.fakes import toy_mistral
 
 WORLD = 2
 LR = 1e-6
 
 
 def make_model(seed=0):
-    torch.manual_seed(seed)
-    config = MistralConfig(
-        vocab_size=64,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
-        tie_word_embeddings=False,
-        initializer_range=0.02,
-    )
-    return MistralForCausalLM(config).eval()
+    return toy_mistral(64, seed=seed, initializer_range=0.02)
 
 
 def batch():
