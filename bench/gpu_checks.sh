@@ -14,11 +14,10 @@
 set -u
 OUT=${OUT:-/tmp/mogd_gpu}
 mkdir -p "$OUT"
-export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD
-# mogd.kernels and mogd.integrations are the top-level kernels/ and integrations/ folders
-# (setuptools package-dir); links stand in for the editable install, which would cost device time.
-[ -e mogd/kernels ] || ln -s ../kernels mogd/kernels
-[ -e mogd/integrations ] || ln -s ../integrations mogd/integrations
+export PYTHONUNBUFFERED=1
+# An editable install (no dependencies, no network, seconds), not PYTHONPATH=$PWD: the checkout
+# root ahead of site-packages could hide an installed distribution.
+pip install -q --no-deps --no-build-isolation -e . 2>&1 | tail -2
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
 python -c "import torch, triton, transformers; print('torch', torch.__version__, 'triton', triton.__version__, 'transformers', transformers.__version__)" | tee -a "$OUT/gpu.txt"
 python -c "import peft, torchjd; print('peft', peft.__version__, 'torchjd', torchjd.__version__)" 2>&1 | tail -1 | tee -a "$OUT/gpu.txt"

@@ -29,9 +29,9 @@ import statistics
 import time
 
 import torch
-from mogd.kernels.gram_torch import gram_reference
 
 import mogd
+from mogd.kernels.gram_torch import gram_reference
 
 
 def read_status_kb(field: str) -> int:

@@ -216,6 +216,7 @@ def main(argv: list[str] | None = None) -> int:
         print("kernels_gpu: no CUDA GPU on this machine; nothing to benchmark.")
         return 0
     import triton
+
     from mogd.kernels.gram_triton import INTERPRETED
 
     if INTERPRETED:

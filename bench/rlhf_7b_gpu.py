@@ -47,7 +47,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))  # run from a checkout: `integrations` next to `mogd`
+    sys.path.append(str(ROOT))  # run from a checkout: `integrations` next to `mogd`
 
 import torch  # noqa: E402
 

@@ -51,7 +51,7 @@ if "--cpu-smoke" in sys.argv[1:]:
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))  # the checkout's `integrations` (installed: mogd.integrations)
+    sys.path.append(str(ROOT))  # the checkout's `integrations` (installed: mogd.integrations)
 
 import torch  # noqa: E402
 from torch.profiler import ProfilerActivity, profile  # noqa: E402

@@ -37,7 +37,7 @@ try:
 except (
     ImportError
 ):  # a checkout not installed with `pip install -e .`: integrations/ is at its root
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    sys.path.append(str(Path(__file__).resolve().parents[1]))
     from integrations import scorers, tiny
     from integrations.common import Scorer
     from integrations.trl import MOGDGRPOTrainer
@@ -83,7 +83,9 @@ def main() -> None:
         model, tokenizer = setup.policy, setup.tokenizer
         objectives = setup.scorers
     else:
-        model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32)
+        model = AutoModelForCausalLM.from_pretrained(
+            args.model, dtype=torch.float32, use_kernels=False
+        )
         tokenizer = AutoTokenizer.from_pretrained(args.model, padding_side="left")
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token

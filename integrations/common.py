@@ -11,10 +11,16 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Literal, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
 
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+# Keyword arguments for every model ``from_pretrained`` of the pipeline. transformers >= 5.25 turns
+# Hugging Face's hub kernels on by default (``use_kernels=None`` becomes True unless the environment
+# says USE_HUB_KERNELS=NO), and a kernelized layer may fetch its kernel from the Hub: a run must
+# never depend on the network, so the pipeline keeps the models' own torch layers.
+LOCAL_MODEL_KWARGS: dict[str, Any] = {"use_kernels": False}
 
 
 @runtime_checkable

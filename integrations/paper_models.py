@@ -213,12 +213,14 @@ def load_score_model(
     """
     from transformers import AutoConfig, AutoModel, AutoTokenizer
 
+    from .common import LOCAL_MODEL_KWARGS
+
     path = resolve_pretrained(name_or_path, option=option)
     config = AutoConfig.from_pretrained(path)
     bnb = _quantization_config(
         quantization, "--load-in-8bit" if quantization == "8bit" else "--load-in-4bit"
     )
-    kwargs: dict[str, Any] = {"dtype": dtype, "output_loading_info": True}
+    kwargs: dict[str, Any] = {"dtype": dtype, "output_loading_info": True, **LOCAL_MODEL_KWARGS}
     if bnb is not None:
         kwargs.update(quantization_config=bnb, device_map={"": str(device)})
     with _quiet_load_report():  # score_head.* / normalizer.* are "unexpected" to a LlamaModel
@@ -476,10 +478,12 @@ def load_policy(
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from .common import LOCAL_MODEL_KWARGS
+
     if lora_r < 0:
         raise ValueError(f"--lora-r must be >= 0, got {lora_r}")
     path = resolve_pretrained(name_or_path, option="--policy")
-    model: Any = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+    model: Any = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **LOCAL_MODEL_KWARGS)
     if gradient_checkpointing:
         _enable_checkpointing(model)
     if lora_r > 0:
@@ -503,6 +507,8 @@ def load_reference(
     """A frozen copy of the policy's initial weights (full fine-tuning only)."""
     from transformers import AutoModelForCausalLM
 
+    from .common import LOCAL_MODEL_KWARGS
+
     path = resolve_pretrained(name_or_path, option="--policy")
-    model: Any = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+    model: Any = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **LOCAL_MODEL_KWARGS)
     return model.to(device).eval().requires_grad_(False)

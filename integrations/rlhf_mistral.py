@@ -37,8 +37,10 @@ from typing import Any
 
 if __name__ == "__main__" and not __package__:
     # `python integrations/rlhf_mistral.py`: Python put integrations/ first on sys.path, where
-    # trl.py would shadow the TRL package; import the package from the checkout instead.
-    sys.path[0] = str(Path(__file__).resolve().parents[1])
+    # trl.py would shadow the TRL package. Import the package from the checkout instead, with the
+    # root after site-packages so that nothing in the checkout hides an installed distribution.
+    del sys.path[0]
+    sys.path.append(str(Path(__file__).resolve().parents[1]))
     __package__ = "integrations"
 
 import torch

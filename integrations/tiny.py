@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import MistralConfig, MistralForCausalLM, PreTrainedTokenizerFast
 
-from .common import Setup
+from .common import LOCAL_MODEL_KWARGS, Setup
 from .scorers import (
     DATA_DIR,
     EmbeddingHelpfulness,
@@ -323,9 +323,13 @@ def build_tiny_setup(
 
     tokenizer = PreTrainedTokenizerFast.from_pretrained(path / "tokenizer")
     tokenizer.padding_side = "left"
-    policy = MistralForCausalLM.from_pretrained(path / "policy", dtype=torch.float32)
+    policy = MistralForCausalLM.from_pretrained(
+        path / "policy", dtype=torch.float32, **LOCAL_MODEL_KWARGS
+    )
     policy = policy.to(device)  # type: ignore[arg-type]  # transformers' wrapped .to
-    reference = MistralForCausalLM.from_pretrained(path / "policy", dtype=torch.float32)
+    reference = MistralForCausalLM.from_pretrained(
+        path / "policy", dtype=torch.float32, **LOCAL_MODEL_KWARGS
+    )
     reference = reference.to(device)  # type: ignore[arg-type]  # as above
     reference.eval().requires_grad_(False)
     return Setup(

@@ -36,7 +36,7 @@ def test_wheel_ships_the_pipeline_and_its_script(tmp_path):
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(ROOT / name, src / name)
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
-    for name in ("mogd", "kernels", "integrations"):
+    for name in ("mogd", "integrations"):
         shutil.copytree(ROOT / name, src / name, ignore=ignore)
     cmd = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q"]
     subprocess.run([*cmd, str(src), "-w", str(tmp_path / "dist")], check=True, cwd=tmp_path)
@@ -56,8 +56,8 @@ def test_wheel_ships_the_pipeline_and_its_script(tmp_path):
     }
     assert {"mogd/integrations/data/train.jsonl", "mogd/integrations/data/eval.jsonl"} <= data
     assert data <= names
-    assert {f"mogd/kernels/{p.name}" for p in (ROOT / "kernels").glob("*.py")} <= names
-    # no top-level `integrations` or `kernels` package: those names belong to the mogd namespace
+    assert {f"mogd/kernels/{p.name}" for p in (ROOT / "mogd" / "kernels").glob("*.py")} <= names
+    # no top-level `integrations` or `kernels` package: `kernels` is Hugging Face's hub-kernels
     assert not any(n.startswith(("integrations/", "kernels/")) for n in names)
     assert "mogd-rlhf = mogd.integrations.cli:main" in entry_points
 
