@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["ScalerGuard", "loss_scale", "scaler_state"]
+__all__ = ["ScalerGuard", "loss_scale", "scaler_state", "step_unless", "takes_found_inf"]
 
 
 def scaler_state(optimizer: Any, losses: Any) -> tuple[torch.Tensor | None, torch.Tensor | None]:
@@ -45,6 +45,26 @@ def scaler_state(optimizer: Any, losses: Any) -> tuple[torch.Tensor | None, torc
             "scaler.scale(loss_i).backward()`, then scaler.step(opt) without losses"
         )
     return torch.as_tensor(scale), torch.as_tensor(found_inf)
+
+
+def takes_found_inf(optimizer: Any) -> bool:
+    """The optimizer's step() skips on a ``found_inf`` tensor itself (fused Adam/AdamW/SGD)."""
+    return bool(getattr(optimizer, "_step_supports_amp_scaling", False))
+
+
+def step_unless(optimizer: Any, bad: torch.Tensor | None) -> None:
+    """``optimizer.step()``, skipped on the device where the 0-dim flag ``bad`` is set: it goes in as
+    ``found_inf``, as a GradScaler hands it to an optimizer that :func:`takes_found_inf`, so the skip
+    needs no host synchronisation. ``bad=None``: a plain step (the skip was decided on the host)."""
+    if bad is None:
+        optimizer.step()
+        return
+    optimizer.found_inf = bad.to(torch.float32)
+    optimizer.grad_scale = None
+    try:
+        optimizer.step()
+    finally:
+        del optimizer.found_inf, optimizer.grad_scale
 
 
 def loss_scale(scaler: Any, device: torch.device) -> torch.Tensor:

@@ -20,6 +20,8 @@ __all__ = [
     "check_max_norm",
     "check_not_closure",
     "check_objective",
+    "check_regularizer",
+    "check_regularizer_context",
     "check_weighting",
     "resolve_probe",
 ]
@@ -104,6 +106,52 @@ def check_losses(losses: Any, k: int | None) -> list[torch.Tensor]:
                 "parameter (computed under torch.no_grad() or from detached tensors?)"
             )
     return list(losses)
+
+
+def check_regularizer(regularizer: Any, losses: Any) -> torch.Tensor | None:
+    """The regularizer R of one step: None, or a scalar tensor that requires grad, passed with the
+    losses (the accumulation form backpropagates it in ``with opt.regularizer():``)."""
+    if regularizer is None:
+        return None
+    if not isinstance(regularizer, torch.Tensor):
+        raise TypeError(
+            "regularizer must be one scalar tensor (e.g. regularizer=beta * kl.mean(); for several "
+            f"regularizers pass their sum), got {type(regularizer).__name__}"
+        )
+    if regularizer.numel() != 1:
+        raise ValueError(
+            f"regularizer has shape {tuple(regularizer.shape)}; it must be a scalar "
+            "(reduce it with .mean() or .sum())"
+        )
+    if not regularizer.requires_grad:
+        raise ValueError(
+            "regularizer does not require grad: it is not connected to any trainable parameter "
+            "(computed under torch.no_grad() or from detached tensors?); pass regularizer=None "
+            "for a step without one"
+        )
+    if losses is None:
+        raise ValueError(
+            "regularizer= comes with the losses: opt.step([loss_0, ...], regularizer=R) or "
+            "opt.backward([...], regularizer=R); after `with opt.objective(i):` passes, "
+            "backpropagate it in `with opt.regularizer():` and call opt.step()"
+        )
+    return regularizer
+
+
+def check_regularizer_context(probe_mode: bool, passed: bool) -> None:
+    """``with opt.regularizer():`` is the full mode's accumulation form, once per step."""
+    if probe_mode:
+        raise ValueError(
+            "probe mode backpropagates the regularizer with the weighted losses: pass it as "
+            "opt.step([loss_0, ...], regularizer=R) or opt.backward([...], regularizer=R) instead "
+            "of opt.regularizer()"
+        )
+    if passed:
+        raise ValueError(
+            "the regularizer was already passed as opt.backward(losses, regularizer=R) for this "
+            "step; give it one way: regularizer= or `with opt.regularizer():` (or call zero_grad() "
+            "first)"
+        )
 
 
 def resolve_probe(probe: Any, trainable: Sequence[torch.Tensor]) -> list[torch.Tensor]:

@@ -11,6 +11,11 @@ Parameters with ``requires_grad=False`` are not stored. A parameter that an obje
 keeps zeros in that row: it counts as a zero gradient for that objective. Sharded parameters (DTensor,
 as FSDP2 ``fully_shard`` makes them) store their local shard; their ``.grad`` views are DTensors over the
 local rows, so FSDP2's ``grad._local_tensor += shard`` accumulates into the bank too.
+
+A regularizer (:meth:`mogd.MOGD.regularizer`) gets one more row, under the key :data:`REGULARIZER`,
+after the k objectives: the Gram of the [k + 1, n] block then holds ⟨g_i, r⟩ and ‖r‖² from the same
+single pass. Once a regularizer has been seen the block keeps its k + 1 rows; a step without one
+reads the first k.
 """
 
 from __future__ import annotations
@@ -23,7 +28,9 @@ import torch
 
 from mogd.distributed import is_sharded, local_tensor
 
-__all__ = ["GradientBank", "register_hooks"]
+__all__ = ["REGULARIZER", "GradientBank", "register_hooks"]
+
+REGULARIZER = -1  # the row key of the regularizer's gradient r = ∇R (objectives are 0..k-1)
 
 
 @dataclass
@@ -45,15 +52,21 @@ class _Group:
     reduce_groups: tuple  # process groups to all-reduce this group's Gram over (empty: local)
     slots: list[_Slot] = field(default_factory=list)
     n: int = 0
-    # Either one [k, n] block (k known) or k separate [n] rows (first iteration of the objective()
-    # form, while k is still being discovered; consolidated into a block once the rows are consumed).
+    # Either one [k, n] block (k known; [k + 1, n] with the regularizer's row last) or k separate [n]
+    # rows (first iteration of the objective() form, while k is still being discovered;
+    # consolidated into a block once the rows are consumed).
     block: torch.Tensor | None = None
     rows: list[torch.Tensor | None] = field(default_factory=list)
+    # the regularizer's row while the storage has no place for it: separate rows, or a k-row block
+    # allocated before the first regularizer (until the next consolidation)
+    extra: torch.Tensor | None = None
     views: dict[int, list[torch.Tensor]] = field(default_factory=dict)
 
     def row(self, i: int) -> torch.Tensor:
+        if i == REGULARIZER and self.extra is not None:
+            return self.extra
         if self.block is not None:
-            return self.block[i]
+            return self.block[i]  # REGULARIZER = -1: the last row of a [k + 1, n] block
         row = self.rows[i]
         assert row is not None
         return row
@@ -94,6 +107,7 @@ class GradientBank:
         self.groups: list[_Group] = list(groups.values())
         self.params: list[torch.Tensor] = [s.param for g in self.groups for s in g.slots]
         self.k: int | None = None
+        self.regularized = False  # a regularizer row was ever used: blocks get k + 1 rows
         self.live: set[int] = set()  # rows zeroed and accumulating since the last reset()
         if k is not None:
             self.fix_k(k)
@@ -106,15 +120,23 @@ class GradientBank:
     @property
     def rows_allocated(self) -> int:
         return max(
-            (g.block.shape[0] if g.block is not None else len(g.rows) for g in self.groups),
+            (
+                (g.block.shape[0] if g.block is not None else len(g.rows)) + (g.extra is not None)
+                for g in self.groups
+            ),
             default=0,
         )
 
+    @property
+    def has_regularizer(self) -> bool:
+        """The regularizer's row was written since the last reset (it is part of this step)."""
+        return REGULARIZER in self.live
+
     def nbytes(self) -> int:
-        """Bytes held by the per-objective buffers."""
+        """Bytes held by the per-objective (and regularizer) buffers."""
         total = 0
         for g in self.groups:
-            tensors = [g.block] if g.block is not None else g.rows
+            tensors = [g.block, *g.rows, g.extra]
             total += sum(t.numel() * t.element_size() for t in tensors if t is not None)
         return total
 
@@ -123,18 +145,29 @@ class GradientBank:
         self.k = k
 
     def ensure_row(self, i: int) -> None:
-        """Make row i live: allocated, zeroed once per accumulation cycle."""
+        """Make row i (an objective, or :data:`REGULARIZER`) live: allocated, zeroed once per
+        accumulation cycle."""
         if i in self.live:
             return
+        self.regularized |= i == REGULARIZER
         for g in self.groups:
-            if g.block is None and self.k is not None and not self.live:
-                # No row is in use: swap the first-iteration rows for one block without ever
-                # holding both (the params' .grad may still view the old rows: drop those too).
+            height = None if self.k is None else self.k + self.regularized
+            if not self.live and height is not None and (g.block is None or len(g.block) != height):
+                # No row is in use: swap the first-iteration rows (or a block without the
+                # regularizer's row) for one block without ever holding both (the params' .grad
+                # may still view the old rows: drop those too).
                 for s in g.slots:
                     s.param.grad = None
                 g.rows.clear()
                 g.views.clear()
-                g.block = torch.zeros(self.k, g.n, dtype=g.dtype, device=g.device)
+                g.block = g.extra = None
+                g.block = torch.zeros(height, g.n, dtype=g.dtype, device=g.device)
+            elif i == REGULARIZER and (g.block is None or len(g.block) == self.k):
+                if g.extra is None:
+                    g.extra = torch.zeros(g.n, dtype=g.dtype, device=g.device)
+                    g.views.pop(i, None)
+                else:
+                    g.extra.zero_()
             elif g.block is not None:
                 g.block[i].zero_()
             else:
@@ -184,29 +217,31 @@ class GradientBank:
                     local_tensor(view).copy_(local_tensor(g))
 
     def matrices(self) -> list[torch.Tensor | list[list[torch.Tensor]]]:
-        """Per group, the k rows as a [k, n] tensor (or k one-tensor lists before consolidation)."""
+        """Per group, the rows of this step as one [k, n] tensor (or as k one-tensor lists before
+        consolidation): the k objectives', then the regularizer's when :attr:`has_regularizer`."""
         if self.k is None:
             raise RuntimeError("the number of objectives is not fixed yet")
+        keys = [*range(self.k), *([REGULARIZER] if self.has_regularizer else [])]
         out: list[torch.Tensor | list[list[torch.Tensor]]] = []
         for g in self.groups:
-            if g.block is not None:
-                out.append(g.block)
+            if g.block is not None and g.extra is None:
+                out.append(g.block[: len(keys)])
             else:
-                out.append([[g.row(i)] for i in range(self.k)])
+                out.append([[g.row(i)] for i in keys])
         return out
 
     def row_tensors(self, i: int) -> list[torch.Tensor]:
-        """Row i of every group, as flat [n] tensors."""
+        """Row i (an objective, or :data:`REGULARIZER`) of every group, as flat [n] tensors."""
         return [g.row(i) for g in self.groups]
 
     def all_tensors(self) -> list[torch.Tensor]:
-        """Every buffer of every group (the blocks, or the separate rows)."""
+        """The buffers of this step's rows (see :meth:`matrices`), each tensor once."""
         out: list[torch.Tensor] = []
-        for g in self.groups:
-            if g.block is not None:
-                out.append(g.block)
+        for matrix in self.matrices():
+            if isinstance(matrix, torch.Tensor):
+                out.append(matrix)
             else:
-                out.extend(r for r in g.rows[: self.k] if r is not None)
+                out.extend(row for (row,) in matrix)
         return out
 
     def shard_keys(self) -> list[tuple]:

@@ -1,8 +1,9 @@
-"""Where the per-objective gradients come from: each objective's backward passes routed into its row
-of the gradient bank (the full mode), or the probe's gradients by autograd.grad (probe mode).
+"""Where the full mode's per-objective gradients come from: each objective's backward passes routed
+into its row of the gradient bank (probe mode's come from :mod:`mogd.probe`).
 
 ``with opt.objective(i):`` points every parameter's ``.grad`` at row i of the bank, so autograd (and
-DDP, and FSDP2's reduce-scatter) accumulate objective i's gradient in place. Hooks on the parameters
+DDP, and FSDP2's reduce-scatter) accumulate objective i's gradient in place; ``with opt.regularizer():``
+does the same for the regularizer's row (key :data:`mogd.bank.REGULARIZER`). Hooks on the parameters
 refuse sparse gradients and backward passes that land outside any objective while rows are pending,
 and remember which parameters an objective reached (the others keep ``.grad = None`` after the step,
 as they would with a plain optimizer).
@@ -15,11 +16,14 @@ from typing import Any
 
 import torch
 
-from mogd.arguments import resolve_probe
-from mogd.bank import GradientBank, register_hooks
-from mogd.distributed import average_into_shard, is_sharded
+from mogd.bank import REGULARIZER, GradientBank, register_hooks
 
-__all__ = ["Collector", "Probe"]
+__all__ = ["Collector"]
+
+
+def _context_name(i: int) -> str:
+    """How the user wrote the context of row i: ``objective(i)`` or ``regularizer()``."""
+    return "regularizer()" if i == REGULARIZER else f"objective({i})"
 
 
 class Collector:
@@ -59,7 +63,7 @@ class Collector:
 
     def enter(self, i: int, bank: GradientBank) -> None:
         if self.active is not None:
-            raise RuntimeError(f"objective({i}) entered inside objective({self.active})")
+            raise RuntimeError(f"{_context_name(i)} entered inside {_context_name(self.active)}")
         with torch.no_grad():
             bank.ensure_row(i)
         bank.point_grads(i)
@@ -71,13 +75,14 @@ class Collector:
 
     def close(self, bank: GradientBank, k: int | None) -> int:
         """Check that every objective 0..k-1 was backpropagated since the last step; return k."""
-        if not bank.live:
+        objectives = bank.live - {REGULARIZER}
+        if not objectives:
             raise ValueError(
                 "step() found no per-objective gradients: pass the losses, opt.step([loss_0, ...]), "
                 "or backpropagate each inside `with opt.objective(i):` first"
             )
-        k = k if k is not None else max(bank.live) + 1
-        missing = [i for i in range(k) if i not in bank.live]
+        k = k if k is not None else max(objectives) + 1
+        missing = [i for i in range(k) if i not in objectives]
         if missing:
             raise ValueError(
                 f"objective {missing[0]} was never backpropagated since the last step "
@@ -101,8 +106,8 @@ class Collector:
             raise RuntimeError(
                 "a backward pass reached the parameters of a MOGD optimizer outside "
                 "opt.objective(i) while per-objective gradients were pending: wrap each "
-                "objective's backward in `with opt.objective(i):` or pass the losses to "
-                "opt.step([loss_0, ...])"
+                "objective's backward in `with opt.objective(i):` (a regularizer's in "
+                "`with opt.regularizer():`) or pass the losses to opt.step([loss_0, ...])"
             )
         self.reached[j] = True
 
@@ -112,72 +117,3 @@ class Collector:
                 "a parameter received a sparse gradient; MOGD keeps dense per-objective gradients "
                 "(use nn.Embedding(sparse=False))"
             )
-
-
-class Probe:
-    """The probe of probe mode: the parameters whose per-objective gradients decide the weights.
-
-    ``params`` are what the optimizer holds (and the bank stores). Plain parameters are
-    differentiated directly. Sharded ones (FSDP2 ``fully_shard``) are not in the autograd graph:
-    FSDP2 runs the forward on unsharded copies, which a forward pre-hook on the probe module records;
-    their gradient (this rank's batch, full size) is averaged over the ranks straight into this
-    rank's shard (one reduce-scatter per objective, what FSDP2 does to ``.grad``), so the Gram of the
-    shards plus one k×k all-reduce is the exact Gram of the averaged gradients.
-    """
-
-    def __init__(self, probe: Any, trainable: Sequence[torch.Tensor]) -> None:
-        self.params = resolve_probe(probe, trainable)
-        self.sharded = any(is_sharded(p) for p in self.params)
-        self._unsharded: list[torch.Tensor] | None = None
-        if self.sharded:
-            probe.register_forward_pre_hook(self._record)
-
-    def _record(self, module: torch.nn.Module, args: Any) -> None:
-        # the same selection and order as resolve_probe made from the sharded parameters
-        unique: dict[int, torch.Tensor] = {}
-        for p in module.parameters():
-            if p.requires_grad:
-                unique.setdefault(id(p), p)
-        self._unsharded = list(unique.values())
-
-    def gradients(self, loss: torch.Tensor) -> list[torch.Tensor | None]:
-        """∂loss/∂params, as local tensors shaped like the bank's views (None: not reached)."""
-        # autograd.grad, not backward(inputs=probe): it leaves .grad alone and does not fire DDP's
-        # reducer hooks, so the one weighted backward after it is an ordinary (DDP/FSDP2) backward.
-        if not self.sharded:
-            return list(
-                torch.autograd.grad(loss, self.params, retain_graph=True, allow_unused=True)
-            )
-        if self._unsharded is None or any(is_sharded(p) for p in self._unsharded):
-            raise RuntimeError(
-                "the probe module has not run a forward on unsharded (FSDP2) parameters since the "
-                "optimizer was built; compute the losses with the model, then step"
-            )
-        grads = torch.autograd.grad(loss, self._unsharded, retain_graph=True, allow_unused=True)
-        return [
-            None if g is None else average_into_shard(g, p)
-            for g, p in zip(grads, self.params, strict=True)
-        ]
-
-    def collect(self, losses: Sequence[torch.Tensor], bank: GradientBank) -> None:
-        """Row i of ``bank`` = the probe's gradient of losses[i]."""
-        with torch.no_grad():
-            for i in range(len(losses)):
-                bank.ensure_row(i)
-        for i, loss in enumerate(losses):
-            bank.store(i, self.gradients(loss))
-
-    @staticmethod
-    def weighted_backward(weights: Sequence[Any], losses: Sequence[torch.Tensor]) -> None:
-        """ONE backward of Σ_i w_i L_i through the whole model (zero Python weights left out)."""
-        terms = [
-            (w.to(loss.dtype) if isinstance(w, torch.Tensor) else w) * loss
-            for w, loss in zip(weights, losses, strict=True)
-            if isinstance(w, torch.Tensor) or w
-        ]
-        if terms:
-            with torch.enable_grad():
-                total = terms[0]
-                for term in terms[1:]:
-                    total = total + term
-            total.backward()

@@ -3,16 +3,19 @@
 One step (DESIGN §1, Li et al. 2025 §3), :meth:`MOGD.step` top to bottom:
 
 1. **collect** the k per-objective gradients in a flat gradient bank (:mod:`mogd.bank`): one backward
-   per objective (``opt.step(losses)``, ``opt.backward(losses)`` or ``with opt.objective(i):``);
-2. **Gram** G_ij = ⟨g_i, g_j⟩ in one fused pass (:func:`mogd.gram`), global across ranks;
-3. **weights** w = weighting(G) (GAPO Eq. 6–7, P-GAPO Eq. 8, MGDA), or a skip when G is not finite;
-4. **combine** d = Σ_i w_i g_i in one fused pass into the ``.grad`` the inner optimizer reads;
-5. **clip** d to ‖d‖ ≤ ``max_norm`` (folded into the weights: ‖d‖² = wᵀGw needs no pass);
+   per objective (``opt.step(losses)``, ``opt.backward(losses)`` or ``with opt.objective(i):``),
+   and a regularizer's gradient r = ∇R as one more row (``regularizer=R``, ``opt.regularizer()``);
+2. **Gram** G_ij = ⟨g_i, g_j⟩ in one fused pass (:func:`mogd.gram`), global across ranks; with a
+   regularizer the pass also gives ⟨g_i, r⟩ and ‖r‖² (the extended Gram of :mod:`mogd.update`);
+3. **weights** w = weighting(G) (GAPO Eq. 6–7, P-GAPO Eq. 8, MGDA) on the objectives' block alone,
+   or a skip when anything in the Gram is not finite;
+4. **combine** d = Σ_i w_i g_i (+ r) in one fused pass into the ``.grad`` the inner optimizer reads;
+5. **clip** d to ‖d‖ ≤ ``max_norm`` (folded into the coefficients: ‖d‖² comes from the Gram);
 6. **inner step**, skipped on non-finite gradients; the result is a lazy :class:`StepInfo`.
 
 Probe mode (paper App. B) collects the per-objective gradients of a small probe only (e.g. the LM
-head), and "combine" is ONE backward of Σ_i w_i L_i through the whole model; clipping then measures
-the final gradient. Both modes share the tail (steps 5–6).
+head), and "combine" is ONE backward of Σ_i w_i L_i (+ R) through the whole model; clipping then
+measures the final gradient. Both modes share the tail (steps 5–6).
 
 On CUDA nothing in a step reads a value back to the host (see :class:`MOGD`, ``weights_on``).
 """
@@ -29,18 +32,16 @@ import torch
 from torch.optim import Optimizer
 from torch.profiler import record_function
 
-from mogd import amp, arguments, distributed
-from mogd.bank import GradientBank
-from mogd.collect import Collector, Probe
+from mogd import amp, arguments, distributed, update
+from mogd.bank import REGULARIZER, GradientBank
+from mogd.collect import Collector
 from mogd.ops import combine, gram
+from mogd.probe import Probe, clip_final_gradient_
 from mogd.step_info import StepInfo, skip_message
 from mogd.weighting import GAPO, Weighting, WeightingResult
 from mogd.wrapper import WrappedOptimizer
 
 __all__ = ["MOGD", "StepInfo"]
-
-# clip_grad_norm_'s guard against division by zero: clipping here equals clipping the same d there
-CLIP_EPS = 1e-6
 
 
 class MOGD(WrappedOptimizer):
@@ -70,11 +71,15 @@ class MOGD(WrappedOptimizer):
         weights_on: "auto" (the device for CUDA gradients, the host's float64 solver otherwise),
             "device" (tensor operations wherever G is) or "host".
 
+    A regularizer R every objective shares (a KL to a reference, an entropy bonus) stays out of the
+    trade-off: d = Σ_i w_i g_i + ∇R, w solved on the objectives' Gram alone (see :meth:`regularizer`).
+
     Usage::
 
         opt = mogd.MOGD(torch.optim.AdamW(model.parameters(), lr=1e-5), mogd.GAPO(p=1), max_norm=1.0)
         opt.zero_grad()
         info = opt.step([loss_a, loss_b])      # or: with opt.objective(i): loss_i.backward(); opt.step()
+        info = opt.step([loss_a, loss_b], regularizer=kl)
     """
 
     # GradScaler.step then calls step() with ``grad_scale`` / ``found_inf`` set on the optimizer,
@@ -107,6 +112,7 @@ class MOGD(WrappedOptimizer):
         self._bank: GradientBank | None = None  # the full mode's (the collector's) or the probe's
         self._scaler_guard = amp.ScalerGuard()
         self._probed: dict[str, Any] | None = None  # probe mode: what backward() left for step()
+        self._regularizer_passed = False  # regularizer= was given this step (full mode)
         self._probe = None if probe is None else Probe(probe, self.trainable_params())
         self._topology = distributed.detect(self.trainable_params(), process_group)
         if self._topology is not None:
@@ -182,81 +188,118 @@ class MOGD(WrappedOptimizer):
         are numbered 0..k-1; k is fixed by the first step.
         """
         arguments.check_objective(i, self._k, probe_mode=self._probe is not None)
+        with self._collecting(i):
+            yield
+
+    @contextmanager
+    def regularizer(self) -> Iterator[None]:
+        """Backward passes inside this context land in the regularizer's gradient r = ∇R.
+
+        R is shared by every objective and stays out of the trade-off: the update is
+        d = Σ_i w_i g_i + r with w = weighting(G) on the k objectives' Gram alone (r never enters G
+        and gets no weight); ``max_norm`` clips the whole d. The accumulation form of
+        ``step(losses, regularizer=R)``, beside :meth:`objective`; entered again before
+        :meth:`step` it accumulates. Full mode only (probe mode takes ``regularizer=``).
+        """
+        arguments.check_regularizer_context(self._probe is not None, self._regularizer_passed)
+        with self._collecting(REGULARIZER):
+            yield
+
+    @contextmanager
+    def _collecting(self, row: int) -> Iterator[None]:
+        """Backward passes inside land in ``row`` of the bank (an objective or the regularizer)."""
         bank = self._full_bank()
-        self._collector.enter(i, bank)
+        self._collector.enter(row, bank)
         try:
             yield
         finally:
-            self._collector.exit(i, bank)
+            self._collector.exit(row, bank)
             topology = self._ensure_topology()
             groups = topology.flag_groups(bank.shard_keys())
             self._scaler_guard.guard_(
-                bank.row_tensors(i), lambda flag: topology.agree_(flag, groups)
+                bank.row_tensors(row), lambda flag: topology.agree_(flag, groups)
             )
 
-    def backward(self, losses: Sequence[torch.Tensor], *, scaler: Any = None) -> None:
-        """The backward passes of ``step(losses)`` without the step: k of them into the bank, or in
-        probe mode the probe's k gradients, the weights and ONE backward of Σ_i w_i L_i.
+    def backward(
+        self,
+        losses: Sequence[torch.Tensor],
+        *,
+        regularizer: torch.Tensor | None = None,
+        scaler: Any = None,
+    ) -> None:
+        """The backward passes of ``step(losses, regularizer=R)`` without the step: k of them (and
+        R's) into the bank, or in probe mode the probe's k gradients, the weights and ONE backward
+        of Σ_i w_i L_i + R.
 
-        With ``scaler`` (a ``torch.amp.GradScaler``) the losses are scaled by it; then call
+        With ``scaler`` (a ``torch.amp.GradScaler``) the losses and R are scaled by it; then call
         ``scaler.step(opt)`` and ``scaler.update()``, which see (and skip on) every gradient.
         """
         checked = arguments.check_losses(losses, self._k)
+        reg = arguments.check_regularizer(regularizer, checked)
         if self._k is None:
             self._set_k(len(checked))
         scale = None if scaler is None else amp.loss_scale(scaler, checked[0].device)
         if scaler is not None:
             checked = [scaler.scale(loss) for loss in checked]
+            reg = None if reg is None else scaler.scale(reg)
         if self._probe is not None:
-            self._probe_backward(checked, scale)
+            self._probe_backward(checked, reg, scale)
             return
         if self._collector.pending:
             raise ValueError(
-                "step(losses) after opt.objective(i) backward passes: use one or the other "
-                "per step (or call zero_grad() first)"
+                "step(losses) or backward(losses) after `with opt.objective(i):` or "
+                "`with opt.regularizer():` backward passes: use one form per step, the losses "
+                "and regularizer= or the contexts (or call zero_grad() first)"
             )
-        for i, loss in enumerate(checked):
-            with self.objective(i):
-                loss.backward(retain_graph=i < len(checked) - 1)
+        # the regularizer first: a bank that has not seen one yet allocates its block with the row
+        passes = [*([(REGULARIZER, reg)] if reg is not None else []), *enumerate(checked)]
+        for n, (row, loss) in enumerate(passes):
+            with self._collecting(row):
+                loss.backward(retain_graph=n < len(passes) - 1)
+        self._regularizer_passed = reg is not None
 
-    def _probe_backward(self, losses: list[torch.Tensor], scale: torch.Tensor | None) -> None:
+    def _probe_backward(
+        self,
+        losses: list[torch.Tensor],
+        regularizer: torch.Tensor | None,
+        scale: torch.Tensor | None,
+    ) -> None:
         """Probe mode's collect, Gram, weights and combine: the combine is ONE backward of
-        Σ_i w_i L_i (paper App. B)."""
+        Σ_i w_i L_i + R (paper App. B)."""
         assert self._probe is not None
-        bank, topology = self._probe_bank(), self._ensure_topology()
-        self._probe.collect(losses, bank)
-        topology.sum_bank_(bank.all_tensors())
-        with record_function("mogd.gram"):
-            divisor = topology.world_size * (1.0 if scale is None else scale.to(torch.float64))
-            G = self._global_gram(bank) / divisor**2
-        with record_function("mogd.weights"):
-            result, bad = self._solve(G)
+        bank = self._probe_bank()
+        self._probe.collect(losses, regularizer, bank)
+        G, _, result, bad = self._weigh(bank, scale)
         bank.reset()
-        if self._on_host(G):
-            # zero weights (all of a skipped step, unless a GradScaler must see it) are left out
-            # rather than multiplied: 0 · (an Inf outside the probe) is NaN
-            skip = bool(bad) and scale is None
-            weights: list[Any] = [0.0 if skip else w for w in result.weights.tolist()]
-        else:  # NaN weights on a bad probe: the final gradient shows it (to a GradScaler too)
-            weights = list(torch.where(bad, math.nan, result.weights))
         with record_function("mogd.combine"):
-            self._probe.weighted_backward(weights, losses)
+            self._probe.weighted_backward(
+                losses, regularizer, result, bad, decided=self._on_host(G), scaled=scale is not None
+            )
         if self._probed is not None:  # accumulation: one bad micro-batch spoils the step
             bad = bad | self._probed["bad"].to(bad.device)
         self._probed = {"G": G, "result": result, "bad": bad}
 
     # -- the step ----------------------------------------------------------------------------------
 
-    def step(self, losses: Sequence[torch.Tensor] | None = None) -> StepInfo:  # type: ignore[override]
+    def step(  # type: ignore[override]
+        self,
+        losses: Sequence[torch.Tensor] | None = None,
+        *,
+        regularizer: torch.Tensor | None = None,
+    ) -> StepInfo:
         """One multi-objective step; returns a :class:`StepInfo` (lazy: read it to sync).
 
         Args:
             losses: the k scalar losses (one shared graph or several). When None, the gradients of
-                the ``opt.objective(i)`` / ``opt.backward(losses)`` passes since the last step.
+                the ``opt.objective(i)`` / ``opt.regularizer()`` / ``opt.backward(losses)`` passes
+                since the last step.
+            regularizer: a scalar R outside the trade-off, with the losses: the update is
+                d = Σ_i w_i g_i + ∇R, w solved on the objectives' Gram alone.
         """
         arguments.check_not_closure(losses)
+        arguments.check_regularizer(regularizer, losses)
         try:
-            return self._step(losses)
+            return self._step(losses, regularizer)
         except BaseException:
             # GradScaler deletes the attributes it set only when step() returns; a raising step
             # must not leave them behind for the next scaler.step().
@@ -265,32 +308,28 @@ class MOGD(WrappedOptimizer):
                     delattr(self, name)
             raise
 
-    def _step(self, losses: Sequence[torch.Tensor] | None) -> StepInfo:
+    def _step(
+        self, losses: Sequence[torch.Tensor] | None, regularizer: torch.Tensor | None
+    ) -> StepInfo:
         scale, scaler_inf = amp.scaler_state(self, losses)
         self._scaler_guard.observe(scale is not None)
         if losses is not None:
-            self.backward(losses)
+            self.backward(losses, regularizer=regularizer)
         if self._probe is not None:
             return self._probe_tail(scale, scaler_inf)
-        # collect -> Gram -> weights or skip -> combine -> clip (folded) -> inner step
+        # collect -> Gram -> weights or skip -> combine -> clip (folded) -> inner step; G is the
+        # extended Gram (k + 1 rows with a regularizer, mogd.update), weights come from its k×k block
         bank = self._full_bank()
         k = self._collector.close(bank, self._k)
         if self._k is None:
             self._set_k(k)
-        topology = self._ensure_topology()
-        topology.sum_bank_(bank.all_tensors())
-        with record_function("mogd.gram"):
-            G = self._global_gram(bank)
-            divisor = topology.world_size * (1.0 if scale is None else scale.to(G))
-            G = G / divisor**2
-        with record_function("mogd.weights"):
-            result, bad = self._solve(G, scaler_inf)
-        weights = result.weights.to(G.device)
+        G, divisor, result, bad = self._weigh(bank, scale, scaler_inf)
+        coefficients = update.row_coefficients(result.weights.to(G.device), G)  # (w, 1 for ∇R)
         with record_function("mogd.clip"):
-            norm = torch.where(bad, math.nan, weights @ G @ weights).clamp_min(0.0).sqrt()
-            coef = self._clip_coef(norm)
+            norm = torch.where(bad, math.nan, update.direction_norm(G, coefficients))
+            coef = update.clip_coef(norm, self.max_norm)
         with record_function("mogd.combine"), torch.no_grad():
-            final = torch.where(bad, 0.0, weights * coef / divisor)
+            final = torch.where(bad, 0.0, coefficients * coef / divisor)
             for matrix, row0 in zip(bank.matrices(), bank.row_tensors(0), strict=True):
                 out = row0 if isinstance(matrix, torch.Tensor) else [row0]
                 combine(matrix, final, out=out, check=False)
@@ -305,67 +344,62 @@ class MOGD(WrappedOptimizer):
             )
         G, result, bad = self._probed["G"], self._probed["result"], self._probed["bad"]
         self._probed = None
-        trainable = self.trainable_params()
-        grads = [p.grad for p in trainable if p.grad is not None]
-        topology = self._ensure_topology()
-        topology.average_grads_(grads)
         with record_function("mogd.clip"):
-            norm = topology.grad_norm(trainable, self._ensure_topology().group_key, G.device)
-            if scale is not None:
-                norm = norm / scale.to(norm)
-            bad = bad | ~torch.isfinite(norm)
-            if scaler_inf is not None:
-                bad = bad | (scaler_inf.to(bad.device) > 0)
-            coef = self._clip_coef(norm)
-            if scale is not None:
-                coef = coef / scale.to(coef)
-        if grads and (scale is not None or self.max_norm is not None):
-            with record_function("mogd.clip"), torch.no_grad():
-                for g in grads:
-                    distributed.local_tensor(g).mul_(coef.to(g.device))
+            norm = clip_final_gradient_(
+                self.trainable_params(), self._ensure_topology(), self.max_norm, scale, G.device
+            )
+        bad = bad | ~torch.isfinite(norm)
+        if scaler_inf is not None:
+            bad = bad | (scaler_inf.to(bad.device) > 0)
         return self._inner_step(G, result, bad, norm)
+
+    def _weigh(
+        self, bank: GradientBank, scale: torch.Tensor | None, scaler_inf: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | float, WeightingResult, torch.Tensor]:
+        """Steps 2–3 for either mode's bank: (G, W·S, weights, bad). G is the extended Gram of the
+        bank's rows over every buffer, shard and rank (one all-reduce of it per shard set), of the
+        rank-averaged, unscaled gradients: G(Σ_r S·g^(r)) / (W·S)²."""
+        topology = self._ensure_topology()
+        topology.sum_bank_(bank.all_tensors())
+        with record_function("mogd.gram"):
+            parts = [
+                (gram(m), key) for m, key in zip(bank.matrices(), bank.shard_keys(), strict=True)
+            ]
+            G = topology.global_gram(parts)
+            divisor = topology.world_size * (1.0 if scale is None else scale.to(G))
+            G = G / divisor**2
+        with record_function("mogd.weights"):
+            result, bad = self._solve(G, scaler_inf)
+        return G, divisor, result, bad
 
     def _solve(
         self, G: torch.Tensor, scaler_inf: torch.Tensor | None = None
     ) -> tuple[WeightingResult, torch.Tensor]:
-        """(weights, bad): the weighting of a finite G, and whether the step must be skipped."""
+        """(weights, bad): the weighting of the objectives' block of the extended Gram G, and
+        whether the step must be skipped (anything non-finite in G, a regularizer's row included)."""
         bad = ~torch.isfinite(G).all()
         if scaler_inf is not None:
             bad = bad | (scaler_inf.to(bad.device) > 0)
+        assert self._k is not None
+        objectives = update.objectives_gram(G, self._k)
         if not self._on_host(G):
-            return self.weighting.solve_tensor(torch.where(torch.isfinite(G), G, 0.0)), bad
+            finite = torch.where(torch.isfinite(objectives), objectives, 0.0)
+            return self.weighting.solve_tensor(finite), bad
         if bad.item():
-            return WeightingResult(
-                torch.full(G.shape[:1], math.nan, dtype=G.dtype), None, None
-            ), bad
-        return self.weighting.solve(G.cpu()), bad
-
-    def _clip_coef(self, norm: torch.Tensor) -> torch.Tensor:
-        """min(1, max_norm / (‖d‖ + 1e-6)), the factor clip_grad_norm_ applies (1 without max_norm)."""
-        if self.max_norm is None:
-            return torch.ones_like(norm)
-        coef = self.max_norm / (norm + CLIP_EPS)
-        return torch.where(torch.isfinite(coef), coef.clamp(max=1.0), 1.0)
+            return WeightingResult(torch.full((self._k,), math.nan, dtype=G.dtype), None, None), bad
+        return self.weighting.solve(objectives.cpu()), bad
 
     def _inner_step(
         self, G: torch.Tensor, result: WeightingResult, bad: torch.Tensor, norm: torch.Tensor
     ) -> StepInfo:
         """Step the inner optimizer. A skip goes in undecided, as ``found_inf``, to an optimizer that
         takes it (fused Adam/AdamW/SGD) unless ``nonfinite="raise"`` needs the flag on the host."""
-        takes_found_inf = getattr(self.inner, "_step_supports_amp_scaling", False)
+        takes_found_inf = amp.takes_found_inf(self.inner)
         decided = self._on_host(G) or self.nonfinite == "raise" or not takes_found_inf
         if decided and bad.item():
             return self._skip(G, result)
         with record_function("mogd.inner_step"):
-            if decided:
-                self.inner.step()
-            else:
-                self.inner.found_inf = bad.to(torch.float32)  # type: ignore[attr-defined]
-                self.inner.grad_scale = None  # type: ignore[attr-defined]
-                try:
-                    self.inner.step()
-                finally:
-                    del self.inner.found_inf, self.inner.grad_scale  # type: ignore[attr-defined]
+            amp.step_unless(self.inner, None if decided else bad)
         weights = result.weights
         if decided:
             self._steps = int(self._steps) + 1
@@ -410,17 +444,13 @@ class MOGD(WrappedOptimizer):
             )
         return self._bank
 
-    def _global_gram(self, bank: GradientBank) -> torch.Tensor:
-        """G over every buffer of the bank and every shard (one k×k all-reduce per shard set)."""
-        parts = [(gram(m), key) for m, key in zip(bank.matrices(), bank.shard_keys(), strict=True)]
-        return self._ensure_topology().global_gram(parts)
-
     def _reset_cycle(self) -> None:
         if self._bank is not None:
             self._bank.reset()
         self._collector.reset()
         self._scaler_guard.reset()
         self._probed = None
+        self._regularizer_passed = False
 
     def _finish(
         self, G: torch.Tensor, result: WeightingResult, skipped: Any, norm: torch.Tensor | float
@@ -438,7 +468,7 @@ class MOGD(WrappedOptimizer):
         scaler_inf = getattr(self, "found_inf", None)
         if scaler_inf is not None and float(scaler_inf) > 0:
             return info  # the GradScaler's own skip: it backs off and tells the caller
-        message = skip_message(G, int(self._steps))
+        message = skip_message(G, int(self._steps), result.weights.shape[0])
         if self.nonfinite == "raise":
             raise FloatingPointError(message)
         warnings.warn(

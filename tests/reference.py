@@ -51,3 +51,20 @@ def brute_force_min_norm(G: np.ndarray) -> tuple[float, np.ndarray]:
             if v < best_v:
                 best_v, best_w = v, w
     return best_v, best_w
+
+
+def gapo_weights(G: np.ndarray, p: float) -> np.ndarray:
+    """DESIGN §1 GAPO(p) weights on the raw gradients (p = 0: MGDA), by brute force: w_i = α_i / n_i^p
+    with α the min-norm point of D G D, D = diag(n_i^-p), over the objectives with a nonzero gradient
+    (the others get weight 0). k = 1 gets weight 1: a single objective is the inner optimizer's."""
+    k = G.shape[0]
+    if k == 1:
+        return np.ones(1)
+    n = np.sqrt(np.clip(np.diag(G), 0.0, None))
+    active = np.flatnonzero(n > 0)
+    w = np.zeros(k)
+    if active.size:
+        D = n[active] ** -p
+        _, alpha = brute_force_min_norm(G[np.ix_(active, active)] * np.outer(D, D))
+        w[active] = alpha * D
+    return w

@@ -15,6 +15,10 @@ ranks' gradients is the full-batch gradient).
   and the clipped updates equal the single process's.
 * A non-finite gradient on one rank makes both ranks skip the same step; with a GradScaler both
   scalers back off together.
+* A regularizer outside the trade-off (``regularizer=R`` and ``with opt.regularizer():``), clipped
+  with the objectives, under DDP, DDP probe mode, FSDP2 and FSDP2 probe mode: equal to the single
+  process (FSDP2's step all-reduces one (k+1)×(k+1) Gram, nothing else), and a non-finite R on one
+  rank skips on both.
 """
 
 import math
@@ -49,13 +53,18 @@ def batch():
     return torch.randn(16, 4, generator=g, dtype=torch.float64)
 
 
-def losses_of(model, x):
-    out = model(x)
+def losses_of(model, x, out=None):
+    out = model(x) if out is None else out
     return [
         ((out[:, 0] - x[:, 0].sin()) ** 2).mean(),
         ((out[:, 1] - x[:, 1].cos()) ** 2).mean(),
         ((out[:, 2] + out[:, 0] * x[:, 2]) ** 2).mean(),
     ]
+
+
+def regularizer_of(out):
+    """A regularizer R outside the trade-off: a penalty on the outputs' size."""
+    return 0.1 * out.pow(2).sum(1).mean()
 
 
 def make_opt(params, **kw):
@@ -71,19 +80,24 @@ def flat(params):
 # ---------------------------------------------------------------------------------------------
 
 
-def _train(model, opt, x, form="losses", plant=None):
+def _train(model, opt, x, form="losses", plant=None, regularize=False):
+    """STEPS steps; ``plant=(step, i)`` adds an Inf to loss i (i = K: the regularizer) at that step."""
     infos = []
     for step in range(STEPS):
         opt.zero_grad()
         if form == "losses":
-            losses = losses_of(model, x)
+            out = model(x)
+            terms = [*losses_of(model, x, out), regularizer_of(out)]  # one forward
             if plant is not None and plant[0] == step:
-                losses[plant[1]] = losses[plant[1]] + math.inf * model(x).sum()
-            infos.append(opt.step(losses))
+                terms[plant[1]] = terms[plant[1]] + math.inf * model(x).sum()
+            infos.append(opt.step(terms[:K], regularizer=terms[K] if regularize else None))
         else:
             for i in range(K):
                 with opt.objective(i):
                     losses_of(model, x)[i].backward()
+            if regularize:
+                with opt.regularizer():
+                    regularizer_of(model(x)).backward()
             infos.append(opt.step())
     return infos
 
@@ -94,6 +108,10 @@ def _info(infos):
         "gram": torch.stack([i.gram for i in infos]),
         "skipped": [i.skipped for i in infos],
         "direction_norm": torch.tensor([i.direction_norm for i in infos], dtype=torch.float64),
+        "regularizer_norm": torch.tensor(
+            [math.nan if i.regularizer_norm is None else i.regularizer_norm for i in infos],
+            dtype=torch.float64,
+        ),
     }
 
 
@@ -218,6 +236,43 @@ def worker(rank, port, out_dir):
         res["fsdp_nan"] = _info(_train(model, opt, x, plant=plant))
         del model, opt
 
+    # a regularizer outside the trade-off, clipped with the objectives
+    for key, probe in (("ddp_reg", False), ("ddp_probe_reg", True)):
+        model = DDP(make_model())
+        opt = make_opt(model.parameters(), max_norm=CLIP, probe=model.module[2] if probe else None)
+        res[key] = _info(_train(model, opt, x, regularize=True)) | {
+            "params": flat(model.parameters())
+        }
+        del model, opt
+    for key, probe in (("fsdp_reg", False), ("fsdp_probe_reg", True)):
+        model = make_model()
+        for layer in (model[0], model[2]):
+            fully_shard(layer)
+        fully_shard(model)
+        opt = make_opt(model.parameters(), max_norm=CLIP, probe=model[2] if probe else None)
+        form = "losses" if probe else "objective"
+        infos = _train(model, opt, x, form=form, regularize=True)
+        res[key] = _info(infos) | {
+            "params": torch.cat([p.full_tensor().reshape(-1) for p in model.parameters()])
+        }
+        if not probe:  # one more step, spying on step() alone
+            for i in range(K):
+                with opt.objective(i):
+                    losses_of(model, x)[i].backward()
+            with opt.regularizer():
+                regularizer_of(model(x)).backward()
+            with _CollectiveSpy() as spy:
+                opt.step()
+            res[key]["collectives"] = spy.calls
+        del model, opt
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        model = DDP(make_model())
+        opt = make_opt(model.parameters())
+        plant = (1, K) if rank == 1 else None
+        res["ddp_reg_nan"] = _info(_train(model, opt, x, plant=plant, regularize=True))
+        del model, opt
+
     # GradScaler under DDP: an inf in rank 1's hidden row backs off both scalers
     model = DDP(make_model())
     opt = make_opt(model.parameters())
@@ -251,13 +306,13 @@ def ranks(tmp_path_factory):
     return [torch.load(out / f"rank{r}.pt", weights_only=False) for r in range(WORLD)]
 
 
-def reference(probe=False, plant_step=None, form="losses", max_norm=None):
+def reference(probe=False, plant_step=None, form="losses", max_norm=None, regularize=False):
     """Single process on the concatenated batch."""
     model = make_model()
     opt = make_opt(model.parameters(), probe=model[2] if probe else None, max_norm=max_norm)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-        infos = _train(model, opt, batch(), form=form)
+        infos = _train(model, opt, batch(), form=form, regularize=regularize)
     return _info(infos) | {"params": flat(model.parameters())}
 
 
@@ -356,3 +411,37 @@ def test_grad_scaler_backs_off_on_every_rank(ranks):
         assert r["amp"]["skipped"] == [False, True, False]
         assert r["amp"]["scales"] == [256.0, 128.0, 128.0]
     assert torch.equal(ranks[0]["amp"]["params"], ranks[1]["amp"]["params"])
+
+
+@pytest.mark.parametrize(
+    ("key", "probe"),
+    [("ddp_reg", False), ("ddp_probe_reg", True), ("fsdp_reg", False), ("fsdp_probe_reg", True)],
+)
+def test_regularizer_equals_single_process(ranks, key, probe):
+    """The regularizer's gradient is averaged (DDP) or reduce-scattered (FSDP2) like the objectives',
+    stays out of the weights and is clipped with them: the run equals one process on the whole
+    batch, ‖∇R‖ included."""
+    ref = reference(probe=probe, max_norm=CLIP, regularize=True)
+    assert (ref["direction_norm"] > CLIP).all()  # clipping was active
+    assert_same_on_all_ranks(ranks, key)
+    for r in ranks:
+        torch.testing.assert_close(r[key]["weights"], ref["weights"], rtol=0, atol=TOL)
+        torch.testing.assert_close(r[key]["gram"], ref["gram"], rtol=TOL, atol=TOL)
+        torch.testing.assert_close(
+            r[key]["direction_norm"], ref["direction_norm"], rtol=TOL, atol=0
+        )
+        torch.testing.assert_close(
+            r[key]["regularizer_norm"], ref["regularizer_norm"], rtol=TOL, atol=0
+        )
+        torch.testing.assert_close(r[key]["params"], ref["params"], rtol=0, atol=TOL)
+
+
+def test_fsdp2_step_with_a_regularizer_communicates_one_extended_gram(ranks):
+    for r in ranks:
+        calls = r["fsdp_reg"]["collectives"]
+        assert calls == [("all_reduce", (K + 1) ** 2, 8 * (K + 1) ** 2)], calls
+
+
+def test_nonfinite_regularizer_on_one_rank_skips_on_every_rank(ranks):
+    assert_same_on_all_ranks(ranks, "ddp_reg_nan")
+    assert ranks[0]["ddp_reg_nan"]["skipped"] == [False, True, False]
