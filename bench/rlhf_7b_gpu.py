@@ -4,8 +4,8 @@
 Nothing is downloaded and nothing large is written: the Mistral-7B architecture (the published
 config of HuggingFaceH4/mistral-7b-sft-beta) and two beaver-7b-layout score models (safe-rlhf's
 ``LlamaForScore``: a LLaMA-7B backbone and a float32 score head, as
-``integrations.paper_models.BeaverScoreModel`` loads them) are built with random weights on the
-device, with the offline tokenizers of ``integrations/fakes.py``. ``presets.build_setup`` is pointed
+``integrations.worlds.paper.scorers.BeaverScoreModel`` loads them) are built with random weights on the
+device, with the offline tokenizers of ``integrations/testing.py``. ``presets.build_setup`` is pointed
 at them, and the real loop, ``integrations.rlhf_mistral.train`` with ``--preset mistral-7b``
 (GAPO p = 1, bf16 over float32 master weights, full MOGD mode), runs a few PPO steps in each mode:
 
@@ -19,7 +19,7 @@ at them, and the real loop, ``integrations.rlhf_mistral.train`` with ``--preset 
 
 Per mode it prints the mean step time (the steps after the first), generated tokens/s, sequence
 tokens/s (prompt + response), the measured peak (``torch.cuda.max_memory_allocated``) and the
-plan's total for the same shapes (``integrations.paper_plan.memory_plan``), with their ratio. The
+plan's total for the same shapes (``integrations.worlds.paper.memory.memory_plan``), with their ratio. The
 final export and checkpoint are skipped (they would time the disk, tens of GB).
 
 Usage (repo root)::
@@ -57,7 +57,11 @@ GIB = 1024**3
 def shapes(smoke: bool, fsdp_layers: int) -> dict[str, dict[str, Any]]:
     """transformers config fields of the policy and the score models (the published 7B ones, or
     toy ones for the CPU smoke run)."""
-    from integrations.paper_plan import DEFAULT_POLICY, DEFAULT_REWARD_MODEL, PUBLISHED_CONFIGS
+    from integrations.worlds.paper.memory import (
+        DEFAULT_POLICY,
+        DEFAULT_REWARD_MODEL,
+        PUBLISHED_CONFIGS,
+    )
 
     policy = dict(PUBLISHED_CONFIGS[DEFAULT_POLICY])
     score = dict(PUBLISHED_CONFIGS[DEFAULT_REWARD_MODEL])
@@ -79,9 +83,10 @@ def build_setup(
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModel, AutoModelForCausalLM, LlamaConfig, MistralConfig
 
-    from integrations.common import Setup
-    from integrations.paper_models import BeaverScoreModel, BeaverScorer, format_chat
-    from integrations.paper_plan import LORA_TARGETS
+    from integrations.worlds.base import Setup
+    from integrations.worlds.paper.memory import LORA_TARGETS
+    from integrations.worlds.paper.models import format_chat
+    from integrations.worlds.paper.scorers import BeaverScoreModel, BeaverScorer
 
     tok, s_tok = world["tokenizer"], world["score_tokenizer"]
     ids = dict(
@@ -111,7 +116,9 @@ def build_setup(
             backbone = AutoModel.from_config(LlamaConfig(**score_fields), dtype=bf16)
             head = torch.nn.Linear(backbone.config.hidden_size, 1)  # float32, as loaded
         model = BeaverScoreModel(backbone, head).to(device).eval().requires_grad_(False)
-        scorers.append(BeaverScorer(name, kind, model, s_tok, batch_size=cfg.score_batch_size))
+        scorers.append(
+            BeaverScorer(name, kind, model, s_tok, batch_size=cfg.paper.score_batch_size)
+        )
     return Setup(
         policy=policy,
         reference=reference,
@@ -124,29 +131,30 @@ def build_setup(
 
 
 def plan_bytes(cfg: Any, world: dict[str, Any], policy_fields: dict[str, Any], fsdp: bool) -> Any:
-    from integrations.paper_plan import memory_plan, shape_from_config
+    from integrations.worlds.paper.memory import memory_plan, shape_from_config
 
     return memory_plan(
         shape_from_config(policy_fields),
         [shape_from_config(world["shapes"]["score"])] * 2,
         world_size=1,
         sharding="fsdp2" if fsdp else "ddp",
-        lora_r=cfg.lora_r,
+        lora_r=cfg.paper.lora_r,
         probe=None,
         k=2,
-        critic_init=cfg.critic_init,
-        precision=cfg.precision,
-        micro_batch=cfg.micro_batch_size or cfg.minibatch_size * cfg.grad_accum,
-        rollout_batch=cfg.batch_size * cfg.grad_accum,
-        seq_len=world["prompt_tokens"] + cfg.max_new_tokens,
-        response_len=cfg.max_new_tokens,
+        critic_init=cfg.algorithm.critic_init,
+        precision=cfg.engine.precision,
+        micro_batch=cfg.batch.micro_batch_size or cfg.batch.update_size,
+        rollout_batch=cfg.batch.rollout_size,
+        seq_len=world["prompt_tokens"] + cfg.rollout.max_new_tokens,
+        response_len=cfg.rollout.max_new_tokens,
     )
 
 
 def run_mode(mode: str, world: dict[str, Any], args: argparse.Namespace, tmp: Path) -> dict:
-    from integrations import presets, rlhf_mistral
-    from integrations.config import make_config
-    from integrations.runio import read_metrics
+    from integrations import rlhf_mistral
+    from integrations.run import presets
+    from integrations.run.parse import make_config
+    from integrations.run.runio import read_metrics
 
     fsdp = mode == "fsdp"
     lora = 0 if fsdp else 16
@@ -185,13 +193,13 @@ def run_mode(mode: str, world: dict[str, Any], args: argparse.Namespace, tmp: Pa
         peak = torch.cuda.max_memory_allocated() / GIB if cuda else None
     finally:
         presets.build_setup, rlhf_mistral.save_policy, rlhf_mistral.save_checkpoint = saved
-    rows = read_metrics(Path(cfg.out) / "metrics.jsonl")
+    rows = read_metrics(Path(str(cfg.run.out)) / "metrics.jsonl")
     timed = rows[1:] if len(rows) > 1 else rows
     seconds = sum(r["seconds"] for r in timed) / len(timed)
     generated = sum(r["response_length"] for r in timed) / len(timed) * args.batch_size
     sequence = generated + world["prompt_tokens"] * args.batch_size
     plan = plan_bytes(cfg, world, policy_fields, fsdp)
-    from integrations.paper_plan import shape_from_config
+    from integrations.worlds.paper.memory import shape_from_config
 
     return {
         "mode": mode,
@@ -262,21 +270,21 @@ def main(argv: list[str] | None = None) -> int:
 
     import transformers
 
-    from integrations import fakes
-    from integrations.paper_models import format_chat
+    from integrations import testing
+    from integrations.worlds.paper.models import format_chat
 
     transformers.utils.logging.disable_progress_bar()
     t_start = time.perf_counter()
     fields = shapes(smoke, args.fsdp_layers)
     vocab = fields["policy"]["vocab_size"]
-    words = fakes.pseudo_words(vocab - len(fakes.SPECIAL) - len(fakes.TEMPLATE_WORDS))
-    tokenizer = fakes.policy_tokenizer([*fakes.TEMPLATE_WORDS, *words])
+    words = testing.pseudo_words(vocab - len(testing.SPECIAL) - len(testing.TEMPLATE_WORDS))
+    tokenizer = testing.policy_tokenizer([*testing.TEMPLATE_WORDS, *words])
     assert len(tokenizer) == vocab, (len(tokenizer), vocab)
     tokenizer.padding_side = "left"
-    score_tokenizer = fakes.scorer_tokenizer(
-        [" ".join(fakes.TEMPLATE_WORDS), *words], min(fields["score"]["vocab_size"], 8000)
+    score_tokenizer = testing.scorer_tokenizer(
+        [" ".join(testing.TEMPLATE_WORDS), *words], min(fields["score"]["vocab_size"], 8000)
     )
-    prompts = [r["prompt"] for r in fakes.random_pku_rows(words, 64, seed=3)]
+    prompts = [r["prompt"] for r in testing.random_pku_rows(words, 64, seed=3)]
     prompt_tokens = max(len(tokenizer(format_chat(tokenizer, p))["input_ids"]) for p in prompts)
     world = {
         "shapes": fields,

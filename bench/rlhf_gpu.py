@@ -1,7 +1,7 @@
 """End-to-end GPU check of the RLHF pipeline at a few hundred million parameters.
 
 No hub on the GPU machine, so everything is built here, offline, with fixed seeds, in a temp dir, by
-``integrations/fakes.py`` (the same builders the tests use): a random ``MistralForCausalLM``
+``integrations/testing.py`` (the same builders the tests use): a random ``MistralForCausalLM``
 (default ~370M parameters: hidden 1024, 24 layers, 16 heads / 8 KV heads, MLP 3072, vocabulary
 32000) saved in bf16 with a word-level tokenizer and chat template; a reward and a cost model in
 safe-rlhf's ``LlamaForScore`` layout (~30M parameters each) with their own BPE tokenizer, so the
@@ -57,7 +57,7 @@ import torch  # noqa: E402
 from torch.profiler import ProfilerActivity, profile  # noqa: E402
 
 PHASES = ("rollout", "score", "advantages", "policy_update", "critic", "log")
-# inside policy_update: integrations/accumulate.py's ranges, then MOGD.step's
+# inside policy_update: integrations/ppo/accumulate.py's ranges, then MOGD.step's
 MOGD_RANGES = (
     "policy_forward",
     "policy_backward",
@@ -107,41 +107,41 @@ SMOKE_SIZES = Sizes(
 
 
 def build_world(root: Path, s: Sizes, device: str, seed: int = 0) -> dict[str, Any]:
-    from integrations import fakes
+    from integrations import testing
 
-    words = fakes.pseudo_words(s.vocab - len(fakes.SPECIAL) - len(fakes.TEMPLATE_WORDS), seed)
-    p_tok = fakes.policy_tokenizer([*fakes.TEMPLATE_WORDS, *words])
-    s_tok = fakes.scorer_tokenizer([" ".join(fakes.TEMPLATE_WORDS), *words], s.score_vocab)
+    words = testing.pseudo_words(s.vocab - len(testing.SPECIAL) - len(testing.TEMPLATE_WORDS), seed)
+    p_tok = testing.policy_tokenizer([*testing.TEMPLATE_WORDS, *words])
+    s_tok = testing.scorer_tokenizer([" ".join(testing.TEMPLATE_WORDS), *words], s.score_vocab)
     assert len(p_tok) == s.vocab, (len(p_tok), s.vocab)
     paths = {name: root / name for name in ("policy", "reward", "cost")}
-    policy_size = fakes.PolicySize(
+    policy_size = testing.PolicySize(
         s.hidden, s.intermediate, s.layers, s.heads, s.kv_heads, s.max_positions
     )
-    score_size = fakes.ScorerSize(
+    score_size = testing.ScorerSize(
         s.score_hidden, s.score_intermediate, s.score_layers, s.score_heads, s.score_max_positions
     )
     bf16 = torch.bfloat16
-    policy = fakes.save_policy(
+    policy = testing.save_policy(
         paths["policy"], p_tok, policy_size, seed=seed, dtype=bf16, device=device
     )
     policy_params = sum(p.numel() for p in policy.parameters())
     del policy
     scores = [
-        fakes.save_score_model(
+        testing.save_score_model(
             paths[kind], s_tok, score_size, seed=seed + i, kind=kind, dtype=bf16, device=device
         )
         for i, kind in ((1, "reward"), (2, "cost"))
     ]
     score_params = sum(p.numel() for p in scores[0].backbone.parameters()) + s.score_hidden + 1
     del scores
-    paths["train"] = fakes.save_pku_prompts(
-        root / "train.jsonl", fakes.random_pku_rows(words, s.prompts, seed + 3)
+    paths["train"] = testing.save_pku_prompts(
+        root / "train.jsonl", testing.random_pku_rows(words, s.prompts, seed + 3)
     )
-    paths["test"] = fakes.save_pku_prompts(
-        root / "test.jsonl", fakes.random_pku_rows(words, max(8, s.prompts // 8), seed + 4)
+    paths["test"] = testing.save_pku_prompts(
+        root / "test.jsonl", testing.random_pku_rows(words, max(8, s.prompts // 8), seed + 4)
     )
-    paths["hh"] = fakes.save_hh_prompts(
-        root / "hh.jsonl.gz", [r["prompt"] for r in fakes.random_pku_rows(words, 8, seed + 5)]
+    paths["hh"] = testing.save_hh_prompts(
+        root / "hh.jsonl.gz", [r["prompt"] for r in testing.random_pku_rows(words, 8, seed + 5)]
     )
     return {
         "paths": paths,
@@ -162,8 +162,8 @@ MODES = {
 def run_mode(mode: str, world: dict[str, Any], args: argparse.Namespace, tmp: Path) -> dict:
     """Train under the profiler; returns the per-step ranges and the run's metrics rows."""
     from integrations import rlhf_mistral
-    from integrations.config import parse_config
-    from integrations.runio import read_metrics
+    from integrations.run.parse import parse_config
+    from integrations.run.runio import read_metrics
 
     probe, env = MODES[mode]
     p = world["paths"]

@@ -9,7 +9,7 @@ Runs the real training loop (``integrations.rlhf_mistral.train``) on the tiny pr
 cosine (every --signal-every iterations), the policy update's forward and backward passes, MOGD's
 own work (Gram, weights, combine, inner AdamW step), the critic, and logging/checkpoints. The same run without the profiler is the baseline the profiled one is
 compared with (the profiler's own overhead). A second table times the rollout alone: the lean
-KV-cache loop of ``integrations.sampling`` against ``transformers.generate`` on the same prompts,
+KV-cache loop of ``integrations.ppo.sampling`` against ``transformers.generate`` on the same prompts,
 same decoding settings, in the same process.
 
 The SFT policy is built once (cached under --cache-dir) before anything is timed.
@@ -45,8 +45,8 @@ MOGD_RANGES = ("mogd.gram", "mogd.weights", "mogd.clip", "mogd.combine", "mogd.i
 
 
 def run(method: str, steps: int, cache_dir: str, profiled: bool) -> tuple[float, dict]:
-    from integrations.config import make_config
     from integrations.rlhf_mistral import train
+    from integrations.run.parse import make_config
 
     with tempfile.TemporaryDirectory() as tmp:
         cfg = make_config(
@@ -73,8 +73,8 @@ def run(method: str, steps: int, cache_dir: str, profiled: bool) -> tuple[float,
 
 
 def bench_rollout(cache_dir: str, repeats: int) -> list[tuple[str, float]]:
-    from integrations.sampling import Decoding, sample
-    from integrations.tiny import build_tiny_setup
+    from integrations.ppo.sampling import Decoding, sample
+    from integrations.worlds.tiny.setup import build_tiny_setup
 
     setup = build_tiny_setup(Path(cache_dir).expanduser(), seed=0)
     tok, policy = setup.tokenizer, setup.policy
@@ -105,7 +105,7 @@ def bench_rollout(cache_dir: str, repeats: int) -> list[tuple[str, float]]:
         )
 
     out = []
-    for name, fn in (("transformers.generate (baseline)", hf), ("integrations.sampling", lean)):
+    for name, fn in (("transformers.generate (baseline)", hf), ("integrations.ppo.sampling", lean)):
         fn()  # warm-up
         times = []
         for seed in range(repeats):

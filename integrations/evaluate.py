@@ -15,7 +15,8 @@ scores: the columns of the paper's Table 1, over all prompts and per prompt grou
 
 ``sweep``: P-GAPO, MORLHF and Rewarded Soups (the PPO-H and PPO-S policies' weights
 interpolated) at the same preferences (λ, 1 − λ), λ ∈ ``--lambdas``; one hypervolume reference
-point for all three (:func:`reference_point`); writes ``front.png``, ``sweep.csv``, ``sweep.json``.
+point for all three (:func:`~integrations.run.report.reference_point`); writes ``front.png``,
+``sweep.csv``, ``sweep.json``.
 
 ``compare``: SFT, PPO-H, PPO-S, Safe RLHF, Fast RL, MGDA, GAPO p = 1 and GAPO p = 2 over several
 seeds; writes ``compare.json`` (one flat row per method and seed), ``compare.md`` and
@@ -27,14 +28,17 @@ contributions) like the paper's Table 1.
 Every training run lives in its own directory under ``--out`` (``<label>-seed<seed>``, shared by
 sweep and compare) and is reused when it finished (``eval.json`` present) or resumed when it
 stopped midway, so an interrupted protocol continues.
+
+This module holds what trains (:func:`sweep`, :func:`compare`) and the command line; the policies
+evaluated without training are in :mod:`integrations.run.evaluations`, the held-out sampling and
+scoring in :mod:`integrations.run.heldout`, the tables, hypervolumes and plots in
+:mod:`integrations.run.report`.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
-import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -48,24 +52,28 @@ if __name__ == "__main__" and not __package__:
     sys.path.append(str(Path(__file__).resolve().parents[1]))
     __package__ = "integrations"
 
-import torch
-
 from mogd.pareto import hypervolume, non_dominated
 
-from . import presets
-from .config import Config, config_hash, objective_names, parse_config, validate
-from .dist import current, seed_everything
-from .heldout import evaluate_policy
 from .rlhf_mistral import train
-from .runio import (
-    atomic_write_text,
-    has_checkpoint,
-    load_checkpoint,
-    load_policy_weights,
-    read_checkpoint,
-    write_config,
-    write_eval,
+from .run import presets
+from .run.config import Config
+from .run.dist import seed_everything
+from .run.evaluations import check_same_run, evaluate, evaluate_run, evaluate_sft, evaluate_soup
+from .run.heldout import score_rows
+from .run.parse import parse_config
+from .run.presets import objective_names
+from .run.report import (
+    markdown_table,
+    plot_front,
+    point,
+    reference_point,
+    summarise,
+    table_row,
+    write_csv,
+    write_json,
 )
+from .run.runio import atomic_write_text, has_checkpoint
+from .run.validate import validate
 
 # The preference grid every family of the sweep shares (λ on the first objective). At λ = 0.5,
 # P-GAPO with two objectives is GAPO p = 1 exactly (α = ½, ½ on unit gradients), which is run.
@@ -84,114 +92,26 @@ COMPARE_METHODS: tuple[tuple[str, dict[str, Any]], ...] = (
 )
 
 
-# ----------------------------------------------------------------------------- evaluate
-
-
-def evaluate_run(run: Path, n_prompts: int | None = None) -> dict[str, Any]:
-    """Evaluate the policy of ``run``'s newest checkpoint (its config.json decides the preset)."""
-    cfg = parse_config(["--resume", str(run), "--no-progress"])
-    state = load_checkpoint(Path(run), cfg)
-    seed_everything(cfg.seed)
-    setup = presets.build_setup(cfg)
-    load_policy_weights(state, setup.policy)
-    return evaluate_policy(setup, setup.policy, cfg, n_prompts or cfg.eval_size)
-
-
-def _check_same_run(out: Path, cfg: Config) -> None:
-    """A directory reused by sweep/compare must hold a run of this very configuration."""
-    path = out / "config.json"
-    if path.is_file() and config_hash(Config(**json.loads(path.read_text()))) != (config_hash(cfg)):
-        raise ValueError(
-            f"{out} holds a run of another configuration (other training options?); "
-            "pass another --out or delete it"
-        )
-
-
-def evaluate_sft(cfg: Config, out: Path) -> dict[str, Any]:
-    """The SFT policy (the preset's policy before any RL), written to ``out/eval.json``."""
-    _check_same_run(out, cfg)
-    if (out / "eval.json").is_file():
-        return json.loads((out / "eval.json").read_text())
-    seed_everything(cfg.seed)
-    setup = presets.build_setup(cfg)
-    result = evaluate_policy(setup, setup.policy, cfg, cfg.eval_size)
-    if current().main:  # under torchrun every rank evaluates its share; one writes
-        out.mkdir(parents=True, exist_ok=True)
-        write_config(out, cfg)
-        write_eval(out / "eval.json", result)
-    return result
+# ----------------------------------------------------------------------------- training runs
 
 
 def train_and_evaluate(cfg: Config) -> dict[str, Any]:
     """Train ``cfg`` (reusing a finished run, resuming a stopped one) and return its eval.json."""
-    out = Path(str(cfg.out))
-    _check_same_run(out, cfg)
+    out = Path(str(cfg.run.out))
+    check_same_run(out, cfg)
     if (out / "eval.json").is_file():
         return json.loads((out / "eval.json").read_text())
     if has_checkpoint(out):
         cfg = parse_config(
-            ["--resume", str(out), "--no-progress" if not cfg.progress else "--progress"]
+            ["--resume", str(out), "--progress" if cfg.run.progress else "--no-progress"]
         )
-    if cfg.eval_size == 0:
+    if cfg.eval.eval_size == 0:
         raise ValueError("--eval-size 0 skips the evaluation that sweep/compare need")
     train(cfg)
     return json.loads((out / "eval.json").read_text())
 
 
-def _row(result: dict[str, Any]) -> dict[str, float]:
-    row = {name: o["score"] for name, o in result["objectives"].items()}
-    if result["harmless_ratio"] is not None:
-        row["harmless_ratio"] = result["harmless_ratio"]
-    row["average"] = result["average"]
-    return row
-
-
-def reference_point(points: Sequence[Sequence[float]]) -> list[float]:
-    """The hypervolume reference of a sweep or comparison: per objective, the worst score seen
-    (every family's points and SFT) minus 10 % of that objective's range, so that every point
-    contributes and every family is measured from the same corner."""
-    lo = [min(p[j] for p in points) for j in range(len(points[0]))]
-    hi = [max(p[j] for p in points) for j in range(len(points[0]))]
-    return [lo[j] - 0.1 * max(hi[j] - lo[j], 1e-6) for j in range(len(lo))]
-
-
 # ----------------------------------------------------------------------------- sweep
-
-
-def soup_weights(
-    expert_a: dict[str, torch.Tensor], expert_b: dict[str, torch.Tensor], lam: float
-) -> dict[str, torch.Tensor]:
-    """Rewarded Soups (Ramé et al., NeurIPS 2023): θ(λ) = λ θ_a + (1 − λ) θ_b, the weight
-    interpolation of two policies fine-tuned from the same start, one per objective."""
-    if expert_a.keys() != expert_b.keys():
-        raise ValueError("the two experts must have the same parameters (same preset and model)")
-    return {n: lam * expert_a[n] + (1.0 - lam) * expert_b[n] for n in expert_a}
-
-
-def evaluate_soup(
-    cfg: Config, expert_a: Path, expert_b: Path, lam: float, out: Path
-) -> dict[str, Any]:
-    """Evaluate the soup of the checkpoints of runs ``expert_a`` (weight λ) and ``expert_b``,
-    written to ``out/eval.json`` (reused when there)."""
-    if (out / "eval.json").is_file():
-        return json.loads((out / "eval.json").read_text())
-    experts = []
-    for run in (expert_a, expert_b):
-        load_checkpoint(run, parse_config(["--resume", str(run), "--no-progress"]))  # checks it
-        experts.append(read_checkpoint(run)["policy"])
-    seed_everything(cfg.seed)
-    setup = presets.build_setup(cfg)
-    params = dict(setup.policy.named_parameters())
-    soup = soup_weights(experts[0], experts[1], lam)
-    if not soup.keys() <= params.keys():
-        raise ValueError(f"{expert_a}: its policy does not match the {cfg.preset} preset's model")
-    with torch.no_grad():
-        for name, value in soup.items():
-            params[name].copy_(value)
-    result = evaluate_policy(setup, setup.policy, cfg, cfg.eval_size)
-    out.mkdir(parents=True, exist_ok=True)
-    write_eval(out / "eval.json", result)
-    return result
 
 
 def sweep(base: Config, out: Path, lambdas: Sequence[float] = SWEEP_LAMBDAS) -> dict[str, Any]:
@@ -209,10 +129,10 @@ def sweep(base: Config, out: Path, lambdas: Sequence[float] = SWEEP_LAMBDAS) -> 
         )
     if not lambdas or not all(0 < lam < 1 for lam in lambdas):
         raise ValueError(f"--lambdas must lie in (0, 1); got {list(lambdas)}")
-    seed = base.seed
+    seed = base.run.seed
 
     def run(label: str, **options: Any) -> Config:
-        cfg = dataclasses.replace(base, out=str(out / f"{label}-seed{seed}"), **options)
+        cfg = base.replace(out=str(out / f"{label}-seed{seed}"), **options)
         validate(cfg)
         return cfg
 
@@ -233,14 +153,14 @@ def sweep(base: Config, out: Path, lambdas: Sequence[float] = SWEEP_LAMBDAS) -> 
             "morlhf": train_and_evaluate(run(f"morlhf-l{lam:g}", method="morlhf", preference=pref)),
             "rs": evaluate_soup(
                 run("sft", method="gapo", preference=None),
-                Path(str(experts[0].out)),
-                Path(str(experts[1].out)),
+                Path(str(experts[0].run.out)),
+                Path(str(experts[1].run.out)),
                 lam,
                 out / f"rs-l{lam:g}-seed{seed}",
             ),
         }
         for family, result in results.items():
-            points.append({"family": family, "lambda": lam, **_row(result)})
+            points.append({"family": family, "lambda": lam, **point(result)})
     sft_point = [sft["objectives"][n]["score"] for n in names]
     reference = reference_point([[p[n] for n in names] for p in points] + [sft_point])
     families = {}
@@ -261,42 +181,10 @@ def sweep(base: Config, out: Path, lambdas: Sequence[float] = SWEEP_LAMBDAS) -> 
         "points": points,
     }
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "sweep.json", json.dumps(summary, indent=2))
-    _write_csv(out / "sweep.csv", points)
+    write_json(out / "sweep.json", summary)
+    write_csv(out / "sweep.csv", points)
     plot_front(out / "front.png", summary)
     return summary
-
-
-def plot_front(path: Path, summary: dict[str, Any]) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    x_name, y_name = summary["objectives"]
-    fig, ax = plt.subplots(figsize=(6, 5))
-    styles = {
-        "pgapo": ("o-", "P-GAPO (GAPO p=1 at λ=0.5)"),
-        "morlhf": ("s--", "MORLHF"),
-        "rs": ("^:", "Rewarded Soups (PPO-H/PPO-S)"),
-    }
-    for family, (style, label) in styles.items():
-        pts = sorted(
-            (p["lambda"], p[x_name], p[y_name]) for p in summary["points"] if p["family"] == family
-        )
-        hv = summary["families"][family]["hypervolume"]
-        ax.plot([p[1] for p in pts], [p[2] for p in pts], style, label=f"{label}, HV {hv:.3g}")
-        for lam, x, y in pts:
-            ax.annotate(f"{lam:g}", (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
-    ax.plot(*summary["sft"], "k*", markersize=10, label="SFT")
-    ax.plot(*summary["reference"], "kx", label="hypervolume reference")
-    ax.set_xlabel(f"{x_name} score (higher is better)")
-    ax.set_ylabel(f"{y_name} score (higher is better)")
-    ax.set_title(f"Preference sweep (seed {summary['seed']}): λ on {x_name}")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
 
 
 # ----------------------------------------------------------------------------- compare
@@ -312,107 +200,20 @@ def compare(base: Config, out: Path, seeds: Sequence[int]) -> dict[str, Any]:
     groups: dict[str, list[dict[str, Any]]] = {}
     for label, options in COMPARE_METHODS:
         for seed in seeds:
-            cfg = dataclasses.replace(
-                base, seed=seed, preference=None, out=str(out / f"{label}-seed{seed}"), **options
-            )
+            run = str(out / f"{label}-seed{seed}")
+            cfg = base.replace(seed=seed, preference=None, out=run, **options)
             validate(cfg)
-            result = (
-                evaluate_sft(cfg, Path(str(cfg.out))) if not options else train_and_evaluate(cfg)
-            )
-            rows.append(_flat_row(label, seed, result))
+            result = evaluate_sft(cfg, Path(run)) if not options else train_and_evaluate(cfg)
+            rows.append(table_row(label, seed, result))
             for group, part in result.get("groups", {}).items():
-                groups.setdefault(group, []).append(_flat_row(label, seed, part))
+                groups.setdefault(group, []).append(table_row(label, seed, part))
     summary = {"objectives": names, "rows": rows, "groups": groups}
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "compare.json", json.dumps(summary, indent=2))
+    write_json(out / "compare.json", summary)
     table = summarise(summary)
-    _write_csv(out / "compare.csv", table)
+    write_csv(out / "compare.csv", table)
     atomic_write_text(out / "compare.md", markdown_table(table, summary))
     return summary
-
-
-def _flat_row(label: str, seed: int, result: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "method": label,
-        "seed": seed,
-        "scores": {n: o["score"] for n, o in result["objectives"].items()},
-        "harmless_ratio": result["harmless_ratio"],
-    }
-
-
-def mean_se(values: Sequence[float]) -> tuple[float, float]:
-    """Mean and standard error of the mean (sample std / √n; 0 for one value)."""
-    n = len(values)
-    mean = sum(values) / n
-    if n < 2:
-        return mean, 0.0
-    return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1) / n)
-
-
-def summarise(summary: dict[str, Any], rows: list[dict[str, Any]] | None = None) -> list[dict]:
-    """Per method (in first-seen order): mean ± SE over seeds of every objective score, the
-    harmless ratio and the average score; whether the mean point is non-dominated among the
-    methods; its hypervolume contribution HV(all) − HV(all but it), from
-    :func:`reference_point` of the methods' mean points."""
-    names = summary["objectives"]
-    rows = summary["rows"] if rows is None else rows
-    by_method: dict[str, list[dict[str, Any]]] = {}
-    for r in rows:
-        by_method.setdefault(r["method"], []).append(r)
-    table = []
-    for method, rs in by_method.items():
-        entry: dict[str, Any] = {"method": method, "seeds": len(rs)}
-        columns = {n: [r["scores"][n] for r in rs] for n in names}
-        if rs[0]["harmless_ratio"] is not None:
-            columns["harmless_ratio"] = [r["harmless_ratio"] for r in rs]
-        columns["average"] = [sum(r["scores"][n] for n in names) / len(names) for r in rs]
-        for key, values in columns.items():
-            entry[key], entry[f"{key}_se"] = mean_se(values)
-        table.append(entry)
-    points = [[e[n] for n in names] for e in table]
-    reference = reference_point(points)
-    mask = non_dominated(points)
-    total = hypervolume(points, reference)
-    for i, e in enumerate(table):
-        others = points[:i] + points[i + 1 :]
-        e["non_dominated"] = bool(mask[i])
-        e["hv_contribution"] = total - (hypervolume(others, reference) if others else 0.0)
-    return table
-
-
-def markdown_table(table: list[dict[str, Any]], summary: dict[str, Any]) -> str:
-    names = summary["objectives"]
-    columns = [k for k in table[0] if k in names or k in ("harmless_ratio", "average")]
-    head = "| method | " + " | ".join(c.replace("_", " ") for c in columns)
-    lines = [head + " | non-dominated | HV contribution |", "|" + "---|" * (len(columns) + 3)]
-    for e in table:
-        cells = [f"{e[c]:.3f} ± {e[c + '_se']:.3f}" for c in columns]
-        mark = "yes" if e["non_dominated"] else ""
-        lines.append(
-            f"| {e['method']} | " + " | ".join(cells) + f" | {mark} | {e['hv_contribution']:.4f} |"
-        )
-    seeds = sorted({r["seed"] for r in summary["rows"]})
-    note = (
-        f"\nMean ± standard error over seeds {seeds}. Objective columns: R for rewards, −C for "
-        "costs (higher is better); harmless ratio: share of responses with C < 0; average: mean "
-        "of the objective columns. Non-dominated and hypervolume contribution (HV of all "
-        "methods' mean points minus HV without the method) on the objective columns, reference "
-        "point 10 % of each range below the worst method.\n"
-    )
-    parts = ["\n".join(lines) + "\n" + note]
-    for group, rows in summary.get("groups", {}).items():
-        sub = summarise(summary, rows)
-        parts.append(f"\n{group} prompts:\n\n" + "\n".join(_plain_table(sub, columns)) + "\n")
-    return "".join(parts)
-
-
-def _plain_table(table: list[dict[str, Any]], columns: list[str]) -> list[str]:
-    lines = ["| method | " + " | ".join(c.replace("_", " ") for c in columns) + " |"]
-    lines.append("|" + "---|" * (len(columns) + 1))
-    for e in table:
-        cells = [f"{e[c]:.3f} ± {e[c + '_se']:.3f}" for c in columns]
-        lines.append(f"| {e['method']} | " + " | ".join(cells) + " |")
-    return lines
 
 
 # ----------------------------------------------------------------------------- score
@@ -437,39 +238,11 @@ def score_file(cfg: Config, src: Path, dst: Path) -> int:
                 f"--in {src}:{i + 1}: each row needs string fields prompt and response"
             )
         rows.append(row)
-    scorers = presets.select_scorers(cfg, presets.build_setup(cfg))
-    prompts = [r["prompt"] for r in rows]
-    responses = [r["response"] for r in rows]
-    raw = torch.stack([s.score(prompts, responses).float() for s in scorers]) if rows else None
-    costs = [k for k, s in enumerate(scorers) if s.kind == "cost"]
-    out = []
-    for j, row in enumerate(rows):
-        assert raw is not None
-        row = dict(row)
-        row["rewards"] = {
-            s.name: float(raw[k, j]) * (1.0 if s.kind == "reward" else -1.0)
-            for k, s in enumerate(scorers)
-        }
-        if len(costs) == 1:
-            row["cost"] = float(raw[costs[0], j])
-        elif costs:
-            row["cost"] = {scorers[k].name: float(raw[k, j]) for k in costs}
-        out.append(json.dumps(row, ensure_ascii=False) + "\n")
+    scored = score_rows(presets.select_scorers(cfg, presets.build_setup(cfg)), rows)
+    out = [json.dumps(row, ensure_ascii=False) + "\n" for row in scored]
     dst.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(dst, "".join(out))
     return len(rows)
-
-
-def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
-    import csv
-    import io
-
-    keys = list(dict.fromkeys(k for r in rows for k in r))
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=keys)
-    writer.writeheader()
-    writer.writerows(rows)
-    atomic_write_text(path, buf.getvalue())
 
 
 # ----------------------------------------------------------------------------- command line
@@ -539,10 +312,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 result = evaluate_run(Path(args.run), args.eval_size)
             else:  # preset and decoding options as for training (--preset, --cache-dir, ...)
                 cfg = parse_config([*rest, "--no-progress"])
-                cfg = dataclasses.replace(cfg, eval_size=args.eval_size or cfg.eval_size)
-                seed_everything(cfg.seed)
+                seed_everything(cfg.run.seed)
                 setup = presets.build_setup(cfg)
-                result = evaluate_policy(setup, setup.policy, cfg, cfg.eval_size)
+                result = evaluate(cfg, setup, setup.policy, args.eval_size or cfg.eval.eval_size)
             print(json.dumps(result, indent=2))
             return 0
         if args.command == "score":  # preset options as for training (--preset, --cache-dir)
@@ -550,7 +322,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"{n} rows scored into {args.dst}")
             return 0
         base = parse_config(rest)
-        if base.resume is not None:
+        if base.run.resume is not None:
             raise ValueError(
                 f"{args.command}: --resume is not an option here (interrupted runs "
                 "under --out are resumed automatically)"

@@ -6,32 +6,34 @@
     python integrations/rlhf_mistral.py --help                    # every option with its defaults
     torchrun --nproc_per_node 8 integrations/rlhf_mistral.py --preset mistral-7b   # FSDP2, 8 GPUs
 
-One PPO iteration ("step"):
-  1. rollout: sample one response per prompt from the policy;
-  2. score every response with every objective's scorer (reward R, or cost C -> reward -C);
-  3. per-token KL shaping r̂_t = r_t − β(log π − log π_ref) in every stream, GAE with one critic
-     value per stream (integrations/ppo.py);
-  4. one clipped PPO surrogate per objective; the policy update goes through mogd.MOGD, which
-     turns the per-objective gradients into one direction (GAPO / MGDA / P-GAPO weights), each
-     objective's gradient accumulated over --micro-batch-size micro-batches;
-  5. the critics regress the GAE returns (separate optimizer);
-  6. log one metrics row, checkpoint every --save-every iterations.
+:func:`train` builds the run (models, optimizers: integrations/run/learner.py) and then repeats
+one PPO iteration ("step"):
+  1-2. :func:`collect`: sample one response per prompt from the policy and score it with every
+       objective's scorer (reward R, or cost C -> reward -C);
+  3.   :func:`advantages`: per-token KL shaping r̂_t = r_t − β(log π − log π_ref) in every stream,
+       GAE with one critic value per stream (integrations/ppo/advantages.py);
+  4-5. :func:`update`: one clipped PPO surrogate per objective; the policy update goes through
+       mogd.MOGD, which turns the per-objective gradients into one direction (GAPO / MGDA /
+       P-GAPO weights), each objective's gradient accumulated over --micro-batch-size
+       micro-batches; the critics regress the GAE returns (separate optimizer);
+  6.   :func:`log_step`: one metrics row; a checkpoint every --save-every iterations.
+At the end (:func:`finish`): plots, the held-out evaluation and the trained policy.
 
-Methods (--method, integrations/methods.py): gapo, mgda, pgapo, morlhf, fast-rl, ppo-h, ppo-s,
-safe-rlhf.
-Options and presets: integrations/config.py; precision and FSDP2 sharding: integrations/sharding.py.
-Outputs in --out: config.json, metrics.jsonl, checkpoints/ (sharded DCP, integrations/checkpoint.py),
-plots.png, eval.json and policy/ (Hugging Face format; integrations/runio.py).
+Methods (--method, integrations/ppo/methods.py): gapo, mgda, pgapo, morlhf, fast-rl, ppo-h, ppo-s,
+safe-rlhf. Options, in sections: integrations/run/config.py; precision and FSDP2 sharding:
+integrations/run/sharding.py. Outputs in --out: config.json, metrics.jsonl, checkpoints/ (sharded
+DCP, integrations/run/checkpoint.py), plots.png, eval.json and policy/ (Hugging Face format;
+integrations/run/runio.py).
 """
 
 from __future__ import annotations
 
 import functools
-import math
 import os
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -46,38 +48,36 @@ if __name__ == "__main__" and not __package__:
 import torch
 from torch.profiler import record_function
 
-import mogd
 from mogd.distributed import is_sharded
 
-from . import ppo, presets
-from .accumulate import MicroBatch, accumulate_objectives, split
-from .common import find_module
-from .config import Config, fsdp_enabled, parse_config, total_steps, validate
-from .critics import build_critic, disable_dropout
-from .dist import (
-    all_reduce_grads,
-    barrier,
-    close_distributed,
-    gather,
-    gather_rows,
-    init_distributed,
-    process_group,
-    resolve_device,
-    seed_everything,
-)
-from .gradient_signal import half_batch_cosines
-from .heldout import evaluate_policy
-from .methods import RewardWeights, make_plan
-from .rollout import (
+from .ppo.accumulate import MicroBatch, accumulate_objectives, split
+from .ppo.advantages import sequence_kl, stream_advantages
+from .ppo.gradient_signal import half_batch_cosines
+from .ppo.rollout import (
     Rollout,
-    decoding,
     forward_response,
     generate,
     objective_rewards,
     prompt_indices,
     score,
 )
-from .runio import (
+from .ppo.surrogate import entropy_from_logits, policy_loss, value_loss
+from .run import presets
+from .run.config import Config, config_hash, total_steps
+from .run.dist import (
+    all_reduce_grads,
+    barrier,
+    close_distributed,
+    gather,
+    gather_rows,
+    init_distributed,
+    resolve_device,
+    seed_everything,
+)
+from .run.heldout import evaluate_policy
+from .run.learner import Learner, build_learner
+from .run.parse import parse_config
+from .run.runio import (
     append_metrics,
     open_run,
     plot_metrics,
@@ -92,308 +92,304 @@ from .runio import (
     write_config,
     write_eval,
 )
-from .sharding import (
-    autocast,
-    clip_grad_norm_,
-    ensure_process_group,
-    gathered,
-    master_weights_fp32,
-    shard_model,
-    shard_trunks,
-)
+from .run.sharding import clip_grad_norm_, gathered
+from .run.validate import validate
+
+
+@dataclass
+class Batch:
+    """One iteration's rollout: the prompts, the sampled responses and their scores."""
+
+    prompts: list[str]
+    ro: Rollout
+    raw: torch.Tensor  # [K, B] each scorer's own number (R or C)
+    stream_scores: torch.Tensor  # [S, B] the sequence score of each critic stream
+    multipliers: list[float]  # safe-rlhf's λ for this iteration's update
+    lr: float  # the policy's learning rate at the iteration's first update
+
+
+@dataclass
+class Advantages:
+    """The old policy's and the reference's log-probs, the old values, and per loss/stream the
+    advantages and returns of one batch (all ``[B, T]``, values ``[S, B, T]``)."""
+
+    old_logp: torch.Tensor
+    ref_logp: torch.Tensor
+    old_values: torch.Tensor
+    mask: torch.Tensor
+    advantages: list[torch.Tensor]
+    returns: list[torch.Tensor]
 
 
 def train(cfg: Config, resume_state: dict[str, Any] | None = None) -> Path:
     """Train one run; returns its directory (config.json, metrics.jsonl, checkpoints/, ...).
 
-    ``resume_state``: what :func:`integrations.runio.open_run` returned (called here if not given).
+    ``resume_state``: what :func:`integrations.run.runio.open_run` returned (called if not given).
     """
     validate(cfg)
     if resume_state is None:
         resume_state = open_run(cfg)
     from tqdm.auto import tqdm
 
-    device = resolve_device(cfg.device)
+    device = resolve_device(cfg.engine.device)
     d = init_distributed(device)
-    out = Path(str(cfg.out))
+    out = Path(str(cfg.run.out))
     if d.main:
         out.mkdir(parents=True, exist_ok=True)
-        if not cfg.resume:
+        if not cfg.run.resume:
             write_config(out, cfg)
-
-    # -- models: same initial weights on every rank, then per-rank sampling streams
-    seed_everything(cfg.seed)
+    seed_everything(cfg.run.seed)  # the same initial weights on every rank
     setup = presets.build_setup(cfg)
-    scorers = presets.select_scorers(cfg, setup)
-    plan = make_plan(cfg.method, scorers, p=cfg.p, update=cfg.update, preference=cfg.preference)
-    policy, reference = setup.policy, setup.reference
-    disable_dropout(policy)  # the old and new log-probs of a sample must agree exactly
-    critic = build_critic(cfg, setup, plan, device)
-    head_critic = cfg.critic_init == "head"  # values read the policy's own hidden states
-    # -- precision and sharding (integrations/sharding.py): trained weights are float32 masters
-    # at every precision; FSDP2 shards every transformer (policy, reference, scorers, critics)
-    fsdp = fsdp_enabled(cfg, d.world)
-    master_weights_fp32(policy)
-    master_weights_fp32(critic)
-    if fsdp:
-        ensure_process_group(device)
-        shard_model(policy, cfg.precision)
-        if reference is not None:
-            shard_model(reference, cfg.precision)
-        shard_trunks(critic, cfg.precision, device)  # value heads stay float32, replicated
-        for scorer in scorers:  # bf16 backbones, as they were trained; float32 score heads
-            if isinstance(getattr(scorer, "model", None), torch.nn.Module):
-                shard_trunks(scorer.model, "bf16", device)  # type: ignore[attr-defined]
-    amp = functools.partial(autocast, cfg.precision, device, fsdp)  # bf16 in one process
-    probe = None if cfg.probe == "full" else find_module(policy, cfg.probe, "--probe")
-
-    steps = total_steps(cfg, len(setup.train_prompts), d.world)
-    rollout_size = cfg.batch_size * cfg.grad_accum  # prompts per iteration per process
-    update_size = cfg.minibatch_size * cfg.grad_accum  # sequences per optimizer step
-    trainable = [p for p in policy.parameters() if p.requires_grad]
-    inner = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    opt = mogd.MOGD(
-        inner,
-        plan.weighting,
-        probe=probe,
-        max_norm=cfg.max_grad_norm,  # clips the combined direction d, as Safe RLHF clips its step
-        process_group=None if fsdp else process_group(d),  # DTensor shards carry their mesh
-    )
-    total_updates = steps * cfg.ppo_epochs * math.ceil(rollout_size / update_size)
-    sched = ppo.warmup_cosine(opt, round(cfg.warmup_ratio * total_updates), total_updates)
-    critic_opt = torch.optim.AdamW(critic.parameters(), lr=cfg.critic_lr, weight_decay=0.0)
-    lagrangians = [
-        ppo.Lagrangian(
-            threshold=cfg.lambda_threshold,
-            lambda_init=cfg.lambda_init,
-            lambda_lr=cfg.lambda_lr,
-            lambda_max=cfg.lambda_max,
-            update_delay=cfg.lambda_update_delay,
-            window=cfg.episode_cost_window,
-        )
-        for _ in plan.cost_streams
-    ]
-    # fast-rl: the scalarised stream's reward weights move by mirror descent between updates
-    reward_weights = RewardWeights(len(scorers), cfg.weight_lr) if cfg.method == "fast-rl" else None
-    dec = decoding(cfg)  # the sampling distribution, whose log-probs PPO's ratio uses
+    steps = total_steps(cfg.batch, len(setup.train_prompts), d.world)
+    learner = build_learner(cfg, setup, steps, d, device)
 
     start = 0
     if resume_state is not None:
         start = resume_state["step"]
-        restore(
-            resume_state, policy, critic, opt, sched, critic_opt, lagrangians, d, reward_weights
-        )
+        restore(resume_state, **learner.state(), d=d)
         if d.main:
             truncate_metrics(out / "metrics.jsonl", start)
     else:
-        torch.manual_seed(cfg.seed + 1000 * d.rank)  # each rank samples different responses
+        torch.manual_seed(cfg.run.seed + 1000 * d.rank)  # each rank samples different responses
 
     bar = tqdm(
         range(start, steps),
         initial=start,
         total=steps,
-        disable=not (cfg.progress and d.main),
-        desc=f"{cfg.method}",
+        disable=not (cfg.run.progress and d.main),
+        desc=cfg.algorithm.method,
         dynamic_ncols=True,
     )
     for step in bar:
         t0 = time.time()
         stats: dict[str, list[float]] = {}  # per-iteration means go to metrics.jsonl
-        n = len(setup.train_prompts)
-        indices = prompt_indices(step, rollout_size, n, cfg.seed, d.rank, d.world)
-        prompts = [setup.train_prompts[i] for i in indices]
-
-        # 1-2. rollout and scores
-        with record_function("rollout"), gathered(policy), amp():
-            ro = generate(setup, policy, prompts, cfg)  # FSDP2: one all-gather, not per token
-        with record_function("score"):
-            raw = score(scorers, ro)  # [K, B]
-            rewards = objective_rewards(scorers, raw).clamp(-cfg.score_clip, cfg.score_clip)
-            if reward_weights is not None:  # Li et al.: the weights step, then the policy
-                means = torch.stack([gather(r, d).mean() for r in rewards])
-                plan.mix = reward_weights.update(means).float()[None, :]
-                for s_, w in zip(scorers, reward_weights.weights.tolist(), strict=True):
-                    record(stats, f"reward_weight/{s_.name}", w)
-            stream_scores = (plan.mix @ rewards).to(device)  # [S, B]
-        # safe-rlhf: the dual step on each constraint's moving mean cost, before the update that
-        # uses λ (Safe RLHF's order: record this batch's episode costs, step λ, then PPO)
-        for lag, j in zip(lagrangians, plan.cost_streams, strict=True):
-            lag.record(gather(raw[j], d))
-            lag.update(step)
-        multipliers = [lag.value for lag in lagrangians]
-        lr = opt.param_groups[0]["lr"]
-
-        # 3. old log-probs, reference log-probs, values; KL-shaped rewards and GAE per stream
-        with torch.no_grad(), record_function("advantages"):
-            parts = []
-            for chunk in split(torch.arange(len(prompts)), ro.mask, cfg.micro_batch_size):
-                ids, attn = ro.ids[chunk.rows], ro.attn[chunk.rows]
-                with amp():
-                    old, _, hidden = forward_response(
-                        policy, ids, attn, ro.prompt_len, dec, hidden=head_critic
-                    )
-                    if reference is not None:
-                        ref, _, _ = forward_response(reference, ids, attn, ro.prompt_len, dec)
-                    else:  # LoRA policy: the reference is the base model, adapters off
-                        with policy.disable_adapter():  # type: ignore[operator]  # peft
-                            ref, _, _ = forward_response(policy, ids, attn, ro.prompt_len, dec)
-                # the value heads stay float32 (outside autocast): GAE subtracts values
-                parts.append((old, ref, critic(ids, attn, ro.prompt_len, hidden)))
-            old_logp = torch.cat([old for old, _, _ in parts])
-            ref_logp = torch.cat([ref for _, ref, _ in parts])
-            old_values = torch.cat([values for _, _, values in parts], 1)
-            mask = ro.mask.to(old_logp.dtype)
-            advantages, returns = [], []
-            for s in range(len(plan.streams)):
-                r = ppo.kl_shaped_rewards(stream_scores[s], old_logp, ref_logp, mask, cfg.beta)
-                adv, ret = ppo.gae(r, old_values[s], mask, cfg.gamma, cfg.gae_lambda)
-                advantages.append(adv)
-                returns.append(ret)
-            if cfg.whiten_advantages and mask.sum() > 1:
-                advantages = [ppo.masked_whiten(a, mask) for a in advantages]
-            if plan.losses == "lagrangian":
-                advantages = [
-                    ppo.lagrangian_advantages(
-                        [advantages[i] for i in plan.reward_streams],
-                        [advantages[j] for j in plan.cost_streams],
-                        multipliers,
-                    )
-                ]
-
-        # 4-5. PPO epochs over minibatches: per-objective policy losses through MOGD, critic.
-        # train() only switches gradient checkpointing on (presets that use it); no dropout left
-        policy.train()
-        critic.train()
-
-        def losses_of(
-            chunk: MicroBatch,
-            hiddens: list[torch.Tensor | None],
-            sums: dict[str, float],
-            ro: Rollout = ro,
-            mask: torch.Tensor = mask,
-            old_logp: torch.Tensor = old_logp,
-            advantages: list[torch.Tensor] = advantages,
-        ) -> list[torch.Tensor]:
-            """The k PPO losses of one micro-batch (token means over its rows); its statistics
-            go to ``sums`` weighted by its share of the tokens, its hidden states to ``hiddens``."""
-            rows, w = chunk.rows, chunk.weight
-            with amp():
-                logp, logits, hidden = forward_response(
-                    policy, ro.ids[rows], ro.attn[rows], ro.prompt_len, dec, head_critic
-                )
-            hiddens.append(hidden)
-            entropy = ppo.entropy_from_logits(logits, mask[rows])
-            weigh(sums, "entropy", w, entropy.item())
-            losses = []
-            for name, adv in zip(plan.loss_names, advantages, strict=True):
-                loss, st = ppo.policy_loss(
-                    logp, old_logp[rows], adv[rows], mask[rows], cfg.clip_eps
-                )
-                losses.append(loss - cfg.entropy_coef * entropy)
-                weigh(sums, f"clip_frac/{name}", w, st.clip_fraction)
-                weigh(sums, f"approx_kl/{name}", w, st.approx_kl)
-                weigh(sums, f"policy_loss/{name}", w, loss.detach().item())
-            return losses
-
-        for epoch in range(cfg.ppo_epochs):
-            order = torch.randperm(len(prompts))
-            for lo in range(0, len(prompts), update_size):
-                mb = order[lo : lo + update_size]
-                # (not under FSDP2: autograd.grad on the shards sees no gradient, the forward
-                # runs on gathered copies)
-                signal = cfg.signal_every and not fsdp and step % cfg.signal_every == 0
-                if signal and lo == epoch == 0:
-                    # signal/<name>: cos of one objective's gradients on two halves of the batch
-                    with record_function("signal"):
-                        halves = functools.partial(losses_of, hiddens=[], sums={})
-                        cosines = half_batch_cosines(halves, mb, trainable)
-                    for name, c in zip(plan.loss_names, cosines, strict=True):
-                        record(stats, f"signal/{name}", c)
-                # micro-batches of --micro-batch-size sequences, each objective's gradient
-                # accumulated over them (integrations/accumulate.py); statistics weighted alike
-                chunks = split(mb, ro.mask, cfg.micro_batch_size)
-                hiddens: list[torch.Tensor | None] = []
-                sums: dict[str, float] = {}
-                step_losses = functools.partial(losses_of, hiddens=hiddens, sums=sums)
-
-                with record_function("policy_update"):
-                    opt.zero_grad(set_to_none=True)
-                    info = accumulate_objectives(opt, chunks, step_losses, probe=probe is not None)
-                    sched.step()
-
-                with record_function("critic"):
-                    critic_opt.zero_grad(set_to_none=True)
-                    for chunk, hidden in zip(chunks, hiddens, strict=True):
-                        rows = chunk.rows
-                        values = critic(ro.ids[rows], ro.attn[rows], ro.prompt_len, hidden)
-                        v_losses = [
-                            ppo.value_loss(
-                                values[s],
-                                old_values[s][rows],
-                                returns[s][rows],
-                                mask[rows],
-                                cfg.clip_value,
-                            )
-                            for s in range(len(plan.streams))
-                        ]
-                        (chunk.weight * torch.stack(v_losses).sum()).backward()
-                        for name, v in zip(plan.streams, v_losses, strict=True):
-                            weigh(sums, f"value_loss/{name}", chunk.weight, v.item())
-                    # FSDP2 reduced the sharded trunks' gradients; the replicated rest is averaged
-                    replicated = [p for p in critic.parameters() if not is_sharded(p)]
-                    all_reduce_grads(replicated, d)
-                    if cfg.max_grad_norm is not None:
-                        clip_grad_norm_(critic.parameters(), cfg.max_grad_norm)
-                    critic_opt.step()
-                for key, value in [*sums.items(), *info.as_dict(names=plan.loss_names).items()]:
-                    record(stats, key, value)
-
-        policy.eval()  # generation: KV cache on, checkpointing off
-        critic.eval()
-
-        # 6. metrics (rank 0 writes; statistics over all ranks' samples) and checkpoints
-        with record_function("log"):
-            seq_kl = ppo.sequence_kl(old_logp, ref_logp, mask).cpu()
-            row = step_metrics(
-                step,
-                plan,
-                scorers,
-                gather_rows(raw, d),
-                gather(seq_kl, d),
-                gather(ro.mask.sum(-1).float().cpu(), d),
-                stats,
-                multipliers,
-                lr,
-                time.time() - t0,
-            )
-            if d.main:
-                append_metrics(out, row)
-                bar.set_postfix(progress_postfix(row, scorers), refresh=False)
-            if (step + 1) % cfg.save_every == 0 or step + 1 == steps:
-                save_checkpoint(
-                    out,
-                    cfg,
-                    step + 1,
-                    policy,
-                    critic,
-                    opt,
-                    sched,
-                    critic_opt,
-                    lagrangians,
-                    d,
-                    reward_weights,
-                )
+        batch = collect(cfg, learner, step, stats)
+        adv = advantages(cfg, learner, batch)
+        update(cfg, learner, batch, adv, step, stats)
+        row = log_step(learner, batch, adv, step, stats, time.time() - t0)
+        if d.main:
+            append_metrics(out, row)
+            bar.set_postfix(progress_postfix(row, learner.scorers), refresh=False)
+        if (step + 1) % cfg.run.save_every == 0 or step + 1 == steps:
+            save_checkpoint(out, config_hash(cfg), step + 1, **learner.state(), d=d)
     bar.close()
+    finish(cfg, learner, out, steps)
+    return out
 
-    if d.main and cfg.plots and steps > 0:
+
+def collect(cfg: Config, learner: Learner, step: int, stats: dict[str, list[float]]) -> Batch:
+    """1-2. This rank's prompts of iteration ``step``, one sampled response each, their scores;
+    fast-rl's weights and safe-rlhf's multipliers take their step before the update uses them."""
+    setup, plan, policy, d = learner.setup, learner.plan, learner.policy, learner.d
+    n = len(setup.train_prompts)
+    indices = prompt_indices(step, cfg.batch.rollout_size, n, cfg.run.seed, d.rank, d.world)
+    prompts = [setup.train_prompts[i] for i in indices]
+    with record_function("rollout"), gathered(policy), learner.amp():
+        ro = generate(setup, policy, prompts, cfg.rollout)  # FSDP2: one all-gather per batch
+    with record_function("score"):
+        raw = score(learner.scorers, ro)  # [K, B]
+        clip = cfg.ppo.score_clip
+        rewards = objective_rewards(learner.scorers, raw).clamp(-clip, clip)
+        if learner.reward_weights is not None:  # Li et al.: the weights step, then the policy
+            means = torch.stack([gather(r, d).mean() for r in rewards])
+            plan.mix = learner.reward_weights.update(means).float()[None, :]
+            weights = learner.reward_weights.weights.tolist()
+            for scorer, w in zip(learner.scorers, weights, strict=True):
+                record(stats, f"reward_weight/{scorer.name}", w)
+        stream_scores = (plan.mix @ rewards).to(learner.device)  # [S, B]
+    # safe-rlhf: the dual step on each constraint's moving mean cost, before the update that
+    # uses λ (Safe RLHF's order: record this batch's episode costs, step λ, then PPO)
+    for lag, j in zip(learner.lagrangians, plan.cost_streams, strict=True):
+        lag.record(gather(raw[j], d))
+        lag.update(step)
+    multipliers = [lag.value for lag in learner.lagrangians]
+    lr = learner.opt.param_groups[0]["lr"]
+    return Batch(prompts, ro, raw, stream_scores, multipliers, lr)
+
+
+@torch.no_grad()
+def advantages(cfg: Config, learner: Learner, batch: Batch) -> Advantages:
+    """3. Old and reference log-probs and old values, forwarded in micro-batches; the KL-shaped
+    rewards, GAE and advantages of every stream (:func:`~.ppo.advantages.stream_advantages`)."""
+    ro, policy, dec = batch.ro, learner.policy, learner.dec
+    parts = []
+    with record_function("advantages"):
+        for chunk in split(torch.arange(len(batch.prompts)), ro.mask, cfg.batch.micro_batch_size):
+            ids, attn = ro.ids[chunk.rows], ro.attn[chunk.rows]
+            with learner.amp():
+                old, _, hidden = forward_response(
+                    policy, ids, attn, ro.prompt_len, dec, hidden=learner.head_critic
+                )
+                if learner.reference is not None:
+                    ref, _, _ = forward_response(learner.reference, ids, attn, ro.prompt_len, dec)
+                else:  # LoRA policy: the reference is the base model, adapters off
+                    with policy.disable_adapter():  # peft
+                        ref, _, _ = forward_response(policy, ids, attn, ro.prompt_len, dec)
+            # the value heads stay float32 (outside autocast): GAE subtracts values
+            parts.append((old, ref, learner.critic(ids, attn, ro.prompt_len, hidden)))
+        old_logp = torch.cat([old for old, _, _ in parts])
+        ref_logp = torch.cat([ref for _, ref, _ in parts])
+        old_values = torch.cat([values for _, _, values in parts], 1)
+        mask = ro.mask.to(old_logp.dtype)
+        scores, multipliers = batch.stream_scores, batch.multipliers
+        adv, ret = stream_advantages(
+            learner.plan, scores, old_logp, ref_logp, old_values, mask, cfg.ppo, multipliers
+        )
+    return Advantages(old_logp, ref_logp, old_values, mask, adv, ret)
+
+
+def update(
+    cfg: Config,
+    learner: Learner,
+    batch: Batch,
+    adv: Advantages,
+    step: int,
+    stats: dict[str, list[float]],
+) -> None:
+    """4-5. --ppo-epochs passes over the batch in update batches: per-objective policy losses
+    through MOGD, each objective's gradient accumulated over the micro-batches
+    (integrations/ppo/accumulate.py), then the critics; statistics weighted alike."""
+    ro, policy, critic, plan, ppo = batch.ro, learner.policy, learner.critic, learner.plan, cfg.ppo
+    mask = adv.mask
+
+    def losses_of(
+        chunk: MicroBatch, hiddens: list[torch.Tensor | None], sums: dict[str, float]
+    ) -> list[torch.Tensor]:
+        """The k PPO losses of one micro-batch (token means over its rows); its statistics go to
+        ``sums`` weighted by its share of the tokens, its hidden states to ``hiddens``."""
+        rows, w = chunk.rows, chunk.weight
+        with learner.amp():
+            logp, logits, hidden = forward_response(
+                policy, ro.ids[rows], ro.attn[rows], ro.prompt_len, learner.dec, learner.head_critic
+            )
+        hiddens.append(hidden)
+        entropy = entropy_from_logits(logits, mask[rows])
+        weigh(sums, "entropy", w, entropy.item())
+        losses = []
+        for name, a in zip(plan.loss_names, adv.advantages, strict=True):
+            loss, st = policy_loss(logp, adv.old_logp[rows], a[rows], mask[rows], ppo.clip_eps)
+            losses.append(loss - ppo.entropy_coef * entropy)
+            weigh(sums, f"clip_frac/{name}", w, st.clip_fraction)
+            weigh(sums, f"approx_kl/{name}", w, st.approx_kl)
+            weigh(sums, f"policy_loss/{name}", w, loss.detach().item())
+        return losses
+
+    # train() only switches gradient checkpointing on (presets that use it); no dropout left
+    policy.train()
+    critic.train()
+    size, every = cfg.batch.update_size, cfg.eval.signal_every
+    for epoch in range(cfg.batch.ppo_epochs):
+        order = torch.randperm(len(batch.prompts))
+        for lo in range(0, len(batch.prompts), size):
+            mb = order[lo : lo + size]
+            # signal/<name>: cos of one objective's gradients on two halves of the batch (not
+            # under FSDP2: autograd.grad on the shards sees no gradient, the forward runs on
+            # gathered copies)
+            if every and not learner.fsdp and step % every == 0 and lo == epoch == 0:
+                with record_function("signal"):
+                    halves = functools.partial(losses_of, hiddens=[], sums={})
+                    cosines = half_batch_cosines(halves, mb, learner.trainable)
+                for name, c in zip(plan.loss_names, cosines, strict=True):
+                    record(stats, f"signal/{name}", c)
+            chunks = split(mb, ro.mask, cfg.batch.micro_batch_size)
+            hiddens: list[torch.Tensor | None] = []
+            sums: dict[str, float] = {}
+            step_losses = functools.partial(losses_of, hiddens=hiddens, sums=sums)
+            with record_function("policy_update"):
+                learner.opt.zero_grad(set_to_none=True)
+                probe = learner.probe is not None
+                info = accumulate_objectives(learner.opt, chunks, step_losses, probe=probe)
+                learner.sched.step()
+            with record_function("critic"):
+                update_critic(cfg, learner, batch, adv, chunks, hiddens, sums)
+            for key, value in [*sums.items(), *info.as_dict(names=plan.loss_names).items()]:
+                record(stats, key, value)
+    policy.eval()  # generation: KV cache on, checkpointing off
+    critic.eval()
+
+
+def update_critic(
+    cfg: Config,
+    learner: Learner,
+    batch: Batch,
+    adv: Advantages,
+    chunks: list[MicroBatch],
+    hiddens: list[torch.Tensor | None],
+    sums: dict[str, float],
+) -> None:
+    """5. One step of the critics on an update batch: each stream's clipped value loss against
+    its GAE returns, accumulated over the micro-batches the policy update forwarded."""
+    ro, critic, streams = batch.ro, learner.critic, learner.plan.streams
+    learner.critic_opt.zero_grad(set_to_none=True)
+    for chunk, hidden in zip(chunks, hiddens, strict=True):
+        rows = chunk.rows
+        values = critic(ro.ids[rows], ro.attn[rows], ro.prompt_len, hidden)
+        v_losses = [
+            value_loss(
+                values[s],
+                adv.old_values[s][rows],
+                adv.returns[s][rows],
+                adv.mask[rows],
+                cfg.ppo.clip_value,
+            )
+            for s in range(len(streams))
+        ]
+        (chunk.weight * torch.stack(v_losses).sum()).backward()
+        for name, v in zip(streams, v_losses, strict=True):
+            weigh(sums, f"value_loss/{name}", chunk.weight, v.item())
+    # FSDP2 reduced the sharded trunks' gradients; the replicated rest is averaged
+    all_reduce_grads([p for p in critic.parameters() if not is_sharded(p)], learner.d)
+    if cfg.optim.max_grad_norm is not None:
+        clip_grad_norm_(critic.parameters(), cfg.optim.max_grad_norm)
+    learner.critic_opt.step()
+
+
+def log_step(
+    learner: Learner,
+    batch: Batch,
+    adv: Advantages,
+    step: int,
+    stats: dict[str, list[float]],
+    seconds: float,
+) -> dict[str, Any]:
+    """6. The iteration's metrics row (statistics over all ranks' samples)."""
+    d = learner.d
+    with record_function("log"):
+        seq_kl = sequence_kl(adv.old_logp, adv.ref_logp, adv.mask).cpu()
+        return step_metrics(
+            step,
+            learner.plan,
+            learner.scorers,
+            gather_rows(batch.raw, d),
+            gather(seq_kl, d),
+            gather(batch.ro.mask.sum(-1).float().cpu(), d),
+            stats,
+            batch.multipliers,
+            batch.lr,
+            seconds,
+        )
+
+
+def finish(cfg: Config, learner: Learner, out: Path, steps: int) -> None:
+    """plots.png, the held-out evaluation (every rank samples and scores its share; rank 0 writes
+    eval.json) and policy/ (last: a LoRA policy is merged in place)."""
+    d = learner.d
+    if d.main and cfg.run.plots and steps > 0:
         plot_metrics(out)
-    if cfg.eval_size != 0:  # every rank samples and scores its share; rank 0 writes
-        result = evaluate_policy(setup, policy, cfg, cfg.eval_size)
+    if cfg.eval.eval_size != 0:
+        result = evaluate_policy(
+            learner.setup,
+            learner.policy,
+            learner.scorers,
+            cfg.rollout,
+            samples=cfg.eval.eval_samples,
+            batch=cfg.batch.rollout_size,
+            n_prompts=cfg.eval.eval_size,
+        )
         if d.main:
             write_eval(out / "eval.json", result)
-    save_policy(out, setup, policy, d)  # last: a LoRA policy is merged in place
+    save_policy(out, learner.setup, learner.policy, d)
     barrier(d)
-    return out
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -409,8 +405,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         cfg = parse_config(argv)
-        if cfg.dry_run:
-            from .plan import dry_run  # the paper preset's modules, only when asked
+        if cfg.run.dry_run:
+            from .run.dry_run import dry_run  # the paper world's modules, only when asked
 
             print(dry_run(cfg))
             return 0

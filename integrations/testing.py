@@ -1,4 +1,5 @@
-"""Offline stand-ins for the paper preset's checkpoints and prompt files, at any size.
+"""Offline stand-ins for the paper world's checkpoints and prompt files, at any size: for the tests
+and the GPU benches; the pipeline itself never imports this module.
 
 The paper preset reads a causal-LM policy folder, two safe-rlhf ``LlamaForScore`` folders (beaver-7b
 reward and cost) and PKU-SafeRLHF / HH-RLHF prompt files. These builders write random models and

@@ -1,21 +1,26 @@
-"""GAPO inside TRL: :class:`MOGDGRPOTrainer`, GRPO with one objective per reward function.
+"""GAPO inside TRL: :class:`MOGDGRPOTrainer`, GRPO with one objective per reward (or group of rewards).
 
 TRL's ``GRPOTrainer`` collapses its reward functions into one scalar (a weighted sum, then group
-normalisation) and takes one policy-gradient step on it. This trainer keeps the k rewards apart:
+normalisation) and takes one policy-gradient step on it. This trainer keeps the objectives apart:
 
-1. **Advantages per reward.** Reward j is group-normalised on its own, with TRL's ``scale_rewards``
-   ("group", "batch" or "none") and TRL's 1e-4 in the denominator: A_j = (r_j - mean_group(r_j)) /
-   (std(r_j) + 1e-4) (:func:`group_advantages`).
-2. **One GRPO loss per reward.** L_j is TRL's own loss with A_j in place of the scalar advantage: the
-   same ``loss_type``, clipping, KL term, masks and importance sampling (TRL's ``_compute_loss``
-   runs once per objective on one shared forward pass).
-3. **Pareto direction.** Each L_j is backpropagated into its own gradient row of :class:`mogd.MOGD`
-   (``with opt.objective(j)``), which wraps the optimizer TRL built; at the optimizer step MOGD forms
-   the Gram of the k gradients, the weighting's w (GAPO Eq. 6–7, P-GAPO Eq. 8, MGDA, Linear; Li et
-   al., ACL 2025, arXiv 2507.01915), the direction d = Σ_j w_j g_j clipped to ``max_grad_norm``, and
-   the inner step. Gradient accumulation, the LR scheduler and checkpoints work as in TRL. With
+1. **Advantages per objective.** Each objective's reward (one reward function by default, or the
+   weighted sum of a group of them, ``objectives=``) is group-normalised on its own, with TRL's
+   ``scale_rewards`` and TRL's 1e-4 in the denominator: A_o = (r_o - mean_group(r_o)) /
+   (std(r_o) + 1e-4) (:func:`group_advantages`); a group whose rewards are all equal gets A_o = 0
+   exactly.
+2. **TRL's loss, split.** TRL's GRPO loss is L(A) = P(A) + R: a policy-gradient term P, linear in the
+   advantages, plus the terms that do not depend on them, R = β·KL - entropy bonus + MoE aux loss.
+   Objective o's loss is P(A_o) alone (TRL's ``_compute_loss`` with β = 0 and the bonus and aux loss
+   off) and R is TRL's loss with every advantage 0, so the same ``loss_type``, clipping, masks,
+   importance sampling and normalisations apply. All of them share one forward pass.
+3. **Pareto direction.** Each P(A_o) is backpropagated into its own gradient row of :class:`mogd.MOGD`
+   (``with opt.objective(o)``) and R into the regularizer's row (``with opt.regularizer()``); MOGD
+   solves the weighting's w (GAPO Eq. 6–7, P-GAPO Eq. 8, MGDA, Linear; Li et al., ACL 2025, arXiv
+   2507.01915) on the objectives' Gram alone and steps along d = Σ_o w_o g_o + ∇R, clipped to
+   ``max_grad_norm``. The regularizer is outside the trade-off: an objective without signal has an
+   exactly zero gradient and weight 0 at any β, and R is counted once, whatever k and w are. With
    ``probe=`` (paper App. B) the weights come from the probe's k gradients and one backward of
-   Σ_j w_j L_j runs instead (``opt.backward``).
+   Σ_o w_o P_o + R runs instead (``opt.backward``).
 
 GRPO + GAPO is an extension: the paper applies GAPO to PPO with a learned critic. Here the per-reward
 policy gradients are GRPO's (critic-free, group baselines); the weighting math is the paper's.
@@ -35,10 +40,11 @@ if __name__ == "trl":  # pragma: no cover - only when integrations/ itself is on
     )
 
 import contextlib
+import inspect
 import math
 from collections import defaultdict
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any, Literal
 
 import torch
 import transformers
@@ -47,29 +53,37 @@ from trl.trainer.utils import nanstd
 
 import mogd
 
-from .common import find_module
+from .ppo.optim import find_module
 
 __all__ = ["MOGDGRPOTrainer", "group_advantages"]
 
-# TRL's denominator guard in the group normalisation of GRPOTrainer (kept identical per reward).
+# TRL's denominator guard in the group normalisation of GRPOTrainer (kept identical per objective).
 STD_EPS = 1e-4
 
-# What TRL's adaptive entropy controller keeps between micro-batches. The k per-objective losses of
-# one micro-batch must see (and advance) it once, as TRL's single loss does.
-_ENTROPY_CONTROLLER = ("entropy_coef", "_last_world_entropy", "_entropy_window_stats")
-_MISSING = object()
+# What TRL's _compute_loss logs about the regularizer's terms; the policy-gradient calls log the rest
+# (clip ratios, per objective). Each is kept from one of the two kinds of call, so that a metric is
+# not averaged with copies of itself or with the zero-advantage call's empty clip ratios.
+REGULARIZER_METRICS = frozenset({"kl", "entropy", "entropy_coef", "aux_loss"})
+
+# The sums TRL logs from its own scalarisation (the weighted sum of all reward functions): under a
+# Pareto weighting they are not the training signal, so they are logged under "sum/...".
+SUMMED_METRICS = ("reward", "reward_std", "frac_reward_zero_std")
+
+Objectives = Mapping[str, str | int | Sequence[str | int]]
 
 
 def group_advantages(
     rewards: torch.Tensor, num_generations: int, scale_rewards: str = "group"
 ) -> torch.Tensor:
-    """Per-reward GRPO advantages, each reward column normalised on its own.
+    """Per-objective GRPO advantages, each reward column normalised on its own.
 
     For rewards ``[N, k]`` (N = groups × ``num_generations``, rows of one group adjacent, NaN where a
     reward function returned None) and every column j:
     A_j = r_j - mean_group(r_j), divided by std_group(r_j) + 1e-4 (``"group"``), by the batch std of
     r_j + 1e-4 (``"batch"``) or not at all (``"none"``): TRL's ``scale_rewards`` applied per stream.
-    Means and stds skip NaNs; a NaN reward gets advantage 0.
+    Means and stds skip NaNs; a NaN reward gets advantage 0, and so does every member of a group
+    whose rewards are all equal (exactly 0, where the float mean could leave an ulp that the
+    1e-4 denominator would blow up to a spurious signal).
     """
     if rewards.dim() != 2:
         raise ValueError(f"rewards must be [N, k], got shape {tuple(rewards.shape)}")
@@ -79,6 +93,7 @@ def group_advantages(
         )
     grouped = rewards.view(-1, num_generations, rewards.shape[1])
     centered = grouped - torch.nanmean(grouped, dim=1, keepdim=True)
+    centered = torch.where(constant_groups(grouped).unsqueeze(1), 0.0, centered)
     if scale_rewards == "group":
         std = (
             nanstd(grouped, dim=1, keepdim=True)
@@ -94,35 +109,75 @@ def group_advantages(
     return torch.nan_to_num(centered.reshape(rewards.shape), nan=0.0)
 
 
+def constant_groups(grouped: torch.Tensor) -> torch.Tensor:
+    """``[groups, k]``: the group's rewards (``grouped`` is ``[groups, size, k]``) that are not NaN
+    are all equal (and there is at least one): the group gives objective j no signal."""
+    nan = torch.isnan(grouped)
+    top = torch.where(nan, -math.inf, grouped).amax(dim=1)
+    bottom = torch.where(nan, math.inf, grouped).amin(dim=1)
+    return top == bottom
+
+
 class MOGDGRPOTrainer(trl.GRPOTrainer):
     """``trl.GRPOTrainer`` with GAPO (or P-GAPO, MGDA, Linear) across its reward functions.
 
     Takes every argument of ``trl.GRPOTrainer``, plus:
 
     Args:
-        weighting: the map Gram ↦ weights, default ``mogd.GAPO(p=1)``. Pass the class ``mogd.PGAPO``
-            or ``mogd.Linear`` to build it from ``args.reward_weights`` (the P-GAPO preference λ, or
-            the linear weights c); an instance must agree with ``reward_weights`` if both are given.
+        weighting: the map Gram ↦ weights, default ``mogd.GAPO(p=1)``; ``mogd.MGDA()``, a
+            ``mogd.PGAPO([...])`` / ``mogd.Linear([...])`` with one entry per objective, or the
+            class ``mogd.PGAPO`` / ``mogd.Linear`` to take the entries from ``args.reward_weights``.
+            ``"sum"`` is stock TRL multi-reward GRPO, unchanged (no MOGD, TRL's clipping), for
+            baselines.
+        objectives: ``{name: reward function names or indices}``, the reward functions each
+            objective sums (with their ``reward_weights``) into its reward; a name or index alone is a
+            group of one. Default: one objective per reward function, named after it. Every
+            function with a nonzero reward weight belongs to exactly one objective.
         probe: the paper's memory saver (App. B): the weights come from the per-objective
             gradients of this module only (a module of the model, or its name, e.g. ``"lm_head"``),
-            then ONE backward of Σ_j w_j L_j runs through the whole model. Each micro-batch is
-            weighted by its own probe Gram; the logs show the last one's. Default: full mode, k
-            backward passes into k full gradients.
-        max_norm: clip the combined direction d to this global L2 norm (all ranks); default
+            then ONE backward of Σ_o w_o P_o + R runs through the whole model. Each micro-batch is
+            weighted by its own probe Gram; the logs show the last one's. Default: full mode, k + 1
+            backward passes into k + 1 full gradients (k without a regularizer).
+        max_norm: clip the update d = Σ_o w_o g_o + ∇R to this global L2 norm (all ranks); default
             ``args.max_grad_norm``, and 0 or None switches clipping off. TRL's own clipping is off:
             it would clip one objective's gradient, not d.
 
-    Each reward function is one objective, in ``reward_funcs`` order. The logs add, per step,
-    ``mogd/weight/<reward>``, ``mogd/norm/<reward>`` (gradient norms), ``mogd/cosine/<a>/<b>``,
-    ``mogd/direction_norm`` (‖d‖ before clipping) to TRL's ``rewards/<reward>/mean|std``; the
-    ``loss`` is the mean of the per-objective GRPO losses. ``args.multi_objective_aggregation``
-    does not apply (the weighting replaces the sum).
+    ``args.reward_weights`` (TRL's, one per reward function) mean, per weighting:
+
+    - any weighting: 0 = monitor only. The function is scored and TRL logs its
+      ``rewards/<name>/mean|std``, but it belongs to no objective and is not trained on.
+    - ``"sum"``: TRL's meaning exactly (the weights of TRL's sum, with its
+      ``multi_objective_aggregation``).
+    - the class ``mogd.PGAPO`` / ``mogd.Linear``: the preference λ (normalised to sum 1) or the
+      linear weights c of the objectives, one function each; Linear's c scales the gradient (with one
+      reward, ``reward_weights=[2]`` doubles the step, where stock GRPO's normalisation cancels it).
+    - an instance (GAPO, MGDA, PGAPO([...]), Linear([...])): the weights of the functions inside their
+      objective's reward, r_o = Σ_{j ∈ o} c_j r_j. A function alone in its objective takes 1 (or 0):
+      the group normalisation would cancel any other positive weight.
+
+    Logs, per optimizer step, beside TRL's: ``mogd/weight/<objective>``, ``mogd/norm/<objective>``
+    (gradient norms), ``mogd/cosine/<a>/<b>``, ``mogd/direction_norm`` (‖d‖ before clipping) and,
+    with a regularizer, ``mogd/regularizer_norm`` and ``mogd/regularizer_cosine/<objective>``; per
+    generation ``frac_reward_zero_std/<objective>`` (share of completions in groups whose objective
+    reward is constant: advantage 0) and ``advantage_std/<objective>``. TRL's ``reward``,
+    ``reward_std`` and ``frac_reward_zero_std`` describe TRL's weighted sum of all the rewards,
+    which is not what trains: they are logged as ``sum/reward`` etc., and in the completions table
+    TRL's ``advantage`` column is NaN beside an ``advantage/<objective>`` column per objective
+    (under ``"sum"`` all of TRL's logs keep their names and meaning). ``loss`` is
+    mean_o P(A_o) + R, TRL's ``kl``, ``entropy`` and ``clip_ratio/*`` as in stock GRPO (the clip
+    ratios averaged over the objectives' calls). ``args.multi_objective_aggregation`` applies
+    only to ``"sum"``: ``"normalize_then_sum"`` is refused otherwise.
     """
 
     def __init__(
         self,
         *args: Any,
-        weighting: mogd.Weighting | type[mogd.PGAPO] | type[mogd.Linear] | None = None,
+        weighting: mogd.Weighting
+        | type[mogd.PGAPO]
+        | type[mogd.Linear]
+        | Literal["sum"]
+        | None = None,
+        objectives: Objectives | None = None,
         probe: str | torch.nn.Module | None = None,
         max_norm: float | None = None,
         **kwargs: Any,
@@ -131,13 +186,12 @@ class MOGDGRPOTrainer(trl.GRPOTrainer):
             raise TypeError(
                 f"probe must be a module of the model or its name (e.g. 'lm_head'), got {probe!r}"
             )
-        for name in ("_clip_grad_norm", "_get_grad_norm"):
-            if not callable(getattr(transformers.Trainer, name, None)):
-                raise ImportError(
-                    f"transformers {transformers.__version__} has no Trainer.{name}, which "
-                    "MOGDGRPOTrainer overrides to move gradient clipping onto the combined "
-                    "direction; install the versions of the mogd[trl] extra"
-                )
+        if weighting == "sum" and (probe is not None or max_norm is not None):
+            raise ValueError(
+                'weighting="sum" is stock TRL GRPO: it takes no probe= or max_norm= (TRL clips to '
+                "args.max_grad_norm)"
+            )
+        check_trl_contract()
         super().__init__(*args, **kwargs)
         if self.is_deepspeed_enabled:
             raise ValueError(
@@ -150,9 +204,22 @@ class MOGDGRPOTrainer(trl.GRPOTrainer):
                 "probe= under FSDP through accelerate: accelerate replaces the parameters after the "
                 "optimizer is built, so the probe's would be stale; train in full mode (probe=None)"
             )
-        self.objective_names = _unique(self.reward_func_names)
+        self.stock = weighting == "sum"
+        aggregation = getattr(self.args, "multi_objective_aggregation", "sum_then_normalize")
+        if not self.stock and aggregation != "sum_then_normalize":
+            raise ValueError(
+                f"multi_objective_aggregation={aggregation!r} does not apply to MOGDGRPOTrainer: each "
+                "objective is group-normalised on its own and the weighting replaces the sum. Drop "
+                'it, or use weighting="sum" for stock TRL GRPO with it'
+            )
+        function_names = _unique(self.reward_func_names)
+        function_weights = [float(w) for w in self.reward_weights.tolist()]
+        self.objectives = _group(objectives, function_names, function_weights)
+        self.objective_names = list(self.objectives)
+        self.weighting, within = self._resolve_weighting(weighting, function_weights)
+        # c_j in r_o = Σ_{j ∈ o} c_j r_j (1 where reward_weights went to the weighting)
+        self._member_weights = torch.tensor(within, dtype=torch.float32)
         self.probe = probe
-        self.weighting = self._resolve_weighting(weighting)
         if max_norm is None:
             max_norm = self.args.max_grad_norm
         if max_norm is not None and (not math.isfinite(max_norm) or max_norm < 0):
@@ -161,64 +228,68 @@ class MOGDGRPOTrainer(trl.GRPOTrainer):
             )
         self.max_norm = max_norm or None
         self.mogd_optimizer: mogd.MOGD | None = None
-        self._rewards_per_objective: torch.Tensor | None = None
-        self._last_objective: contextlib.ExitStack | None = None
+        self._rewards_per_function: torch.Tensor | None = None
+        self._last_pass: contextlib.ExitStack | None = None
         self._shared_forward: list[Any] | None = None
         self._step_logs: dict[str, list[float]] = defaultdict(list)
         self.add_callback(_LogMOGDStep(self))
 
     def _resolve_weighting(
-        self, weighting: mogd.Weighting | type[mogd.PGAPO] | type[mogd.Linear] | None
-    ) -> mogd.Weighting:
-        k = len(self.objective_names)
-        config = self.args
-        assert isinstance(config, trl.GRPOConfig)
-        given = config.reward_weights
-        weights = [1.0] * k if given is None else [float(x) for x in given]
+        self, weighting: Any, function_weights: list[float]
+    ) -> tuple[mogd.Weighting | Literal["sum"], list[float]]:
+        """The weighting, and the weights c_j of the functions inside their objectives."""
+        k = len(self.objectives)
+        if weighting == "sum":
+            return "sum", function_weights
         if weighting is None:
             weighting = mogd.GAPO(p=1.0)
         if weighting in (mogd.PGAPO, mogd.Linear):
+            grouped = [name for name, members in self.objectives.items() if len(members) > 1]
+            if grouped:
+                raise ValueError(
+                    f"weighting={weighting.__name__} takes one reward weight per objective, but "
+                    f"objective(s) {grouped} group several functions; pass an instance with one "
+                    f"entry per objective, e.g. mogd.{weighting.__name__}([...])"
+                )
+            vector = [function_weights[members[0]] for members in self.objectives.values()]
             try:
-                return weighting(weights)  # type: ignore[operator]
+                return weighting(vector), [1.0] * len(function_weights)  # type: ignore[operator]
             except (TypeError, ValueError) as err:
                 raise ValueError(
                     f"reward_weights cannot be the {weighting.__name__} weights: {err}"
-                ) from err  # type: ignore[union-attr]
+                ) from err
         if not isinstance(weighting, mogd.Weighting):
             raise TypeError(
                 "weighting must be a mogd weighting (mogd.GAPO(p=1), mogd.MGDA(), mogd.PGAPO([...]), "
-                "mogd.Linear([...])) or the class mogd.PGAPO / mogd.Linear to take "
-                f"args.reward_weights, got {weighting!r}"
+                "mogd.Linear([...])), the class mogd.PGAPO / mogd.Linear to take "
+                f'args.reward_weights, or "sum" for stock TRL GRPO; got {weighting!r}'
             )
         own = {mogd.PGAPO: "preference", mogd.Linear: "weights"}.get(type(weighting))
-        if own is not None:
-            vector = torch.as_tensor(getattr(weighting, own), dtype=torch.float64)
-            if vector.numel() != k:
-                raise ValueError(
-                    f"weighting {weighting!r} has {vector.numel()} entries but there are "
-                    f"{k} reward functions (objectives)"
-                )
-            if given is not None:
-                expected = torch.tensor(weights, dtype=torch.float64)
-                if own == "preference":
-                    expected = expected / expected.sum()
-                if not torch.allclose(vector, expected):
-                    raise ValueError(
-                        f"args.reward_weights {weights} disagree with {weighting!r}; give one of them "
-                        "(or pass the class, weighting=mogd.PGAPO / mogd.Linear)"
-                    )
-        elif given is not None and any(w != 1.0 for w in weights):
+        entries = None if own is None else torch.as_tensor(getattr(weighting, own)).numel()
+        if entries is not None and entries != k:
             raise ValueError(
-                f"args.reward_weights {weights} have no meaning for {weighting!r}, which takes its "
-                "weights from the gradients; drop reward_weights, or use them as a preference with "
-                "weighting=mogd.PGAPO (or mogd.Linear for a fixed weighted sum)"
+                f"weighting {weighting!r} has {entries} entries but there are {k} objectives "
+                f"{self.objective_names}"
             )
-        return weighting
+        names = _unique(self.reward_func_names)
+        for members in self.objectives.values():
+            if len(members) == 1 and function_weights[members[0]] != 1.0:
+                j = members[0]
+                raise ValueError(
+                    f"reward_weights[{j}] = {function_weights[j]} on {names[j]!r}, alone in its "
+                    f"objective: under {weighting!r} a reward weight weighs functions inside an "
+                    "objective, and the group normalisation cancels it here. Use 1 (or 0 to "
+                    "monitor only); for a preference between objectives pass weighting=mogd.PGAPO "
+                    'or mogd.Linear (taking reward_weights), and weighting="sum" for stock GRPO'
+                )
+        return weighting, function_weights
 
     # -- the optimizer: MOGD around the one TRL built ---------------------------------------------
 
     def create_optimizer(self, *args: Any, **kwargs: Any) -> torch.optim.Optimizer:
         inner = super().create_optimizer(*args, **kwargs)
+        if self.stock:
+            return inner
         if isinstance(inner, mogd.MOGD):
             if inner is self.mogd_optimizer:
                 return inner  # train() called again
@@ -226,6 +297,7 @@ class MOGDGRPOTrainer(trl.GRPOTrainer):
                 "optimizers= holds a mogd.MOGD; pass the plain optimizer (e.g. AdamW): the trainer "
                 "wraps it with its weighting= and max_norm="
             )
+        assert isinstance(self.weighting, mogd.Weighting)
         probe = self.probe
         if isinstance(probe, str):
             model = args[0] if args else kwargs.get("model")
@@ -237,26 +309,36 @@ class MOGDGRPOTrainer(trl.GRPOTrainer):
         self.optimizer = self.mogd_optimizer
         return self.optimizer
 
-    def _clip_grad_norm(self, model: torch.nn.Module) -> None:
+    def _clip_grad_norm(self, model: torch.nn.Module) -> Any:
         # Before MOGD.step a parameter's .grad is one objective's bank row (full mode) or an
         # unfinished combination (probe mode under a GradScaler): clipping it here would clip the
-        # wrong vector. MOGD clips the direction d itself (max_norm).
-        return None
+        # wrong vector. MOGD clips the update d itself (max_norm).
+        return super()._clip_grad_norm(model) if self.stock else None
 
-    def _get_grad_norm(self, model: torch.nn.Module, grad_norm: Any = None) -> None:
-        # Same reason; the norm of the step's direction is logged as mogd/direction_norm.
-        return None
+    def _get_grad_norm(self, model: torch.nn.Module, grad_norm: Any = None) -> Any:
+        # Same reason; the norm of the step's update is logged as mogd/direction_norm.
+        return super()._get_grad_norm(model, grad_norm) if self.stock else None
 
-    # -- advantages per reward --------------------------------------------------------------------
+    # -- rewards and advantages per objective -----------------------------------------------------
 
     def _calculate_rewards(self, inputs: Any, *args: Any, **kwargs: Any) -> torch.Tensor:
         rewards = super()._calculate_rewards(inputs, *args, **kwargs)
-        self._rewards_per_objective = rewards  # [all processes' completions, k]
+        self._rewards_per_function = rewards  # [all processes' completions, functions]
         return rewards
+
+    def objective_rewards(self, rewards: torch.Tensor) -> torch.Tensor:
+        """``[N, k]`` objective rewards r_o = Σ_{j ∈ o} c_j r_j from ``[N, functions]`` rewards
+        (NaN-skipping as TRL's sum; NaN where every function of the objective returned None)."""
+        weighted = rewards * self._member_weights.to(rewards)
+        columns = []
+        for members in self.objectives.values():
+            part = weighted[:, members]
+            columns.append(part.nansum(dim=1).masked_fill(torch.isnan(part).all(dim=1), math.nan))
+        return torch.stack(columns, dim=1)
 
     def _generate_and_score_completions(self, inputs: list[dict[str, Any]]) -> dict[str, Any]:
         output = super()._generate_and_score_completions(inputs)
-        rewards, self._rewards_per_objective = self._rewards_per_objective, None
+        rewards, self._rewards_per_function = self._rewards_per_function, None
         if rewards is None:
             raise RuntimeError(
                 f"TRL {trl.__version__} scored completions without GRPOTrainer._calculate_rewards, "
@@ -266,24 +348,43 @@ class MOGDGRPOTrainer(trl.GRPOTrainer):
         training = self.model is not None and self.model.training
         groups = self.num_generations if training else self.num_generations_eval
         assert groups is not None
-        advantages = group_advantages(rewards, groups, self.scale_rewards)
+        objective_rewards = self.objective_rewards(rewards)
+        advantages = group_advantages(objective_rewards, groups, self.scale_rewards)
+        mode = "train" if training else "eval"
+        no_signal = constant_groups(objective_rewards.view(-1, groups, len(self.objectives)))
+        for o, name in enumerate(self.objective_names):
+            self._metrics[mode][f"frac_reward_zero_std/{name}"].append(
+                no_signal[:, o].float().mean().item()
+            )
+            self._metrics[mode][f"advantage_std/{name}"].append(nanstd(advantages[:, o]).item())
+        if self.stock:
+            return output  # TRL's advantages train
+        # the completions table: TRL's summed advantage is not the training signal
+        completions: dict[str, Any] = self._logs
+        table = completions["advantages"]
+        for _ in range(min(len(table), advantages.shape[0])):
+            table.pop()
+        table.extend([math.nan] * advantages.shape[0])
+        for o, name in enumerate(self.objective_names):
+            completions["extra"][f"advantage/{name}"].extend(advantages[:, o].tolist())
         rank = self.accelerator.process_index
         output["objective_advantages"] = advantages[rank * len(inputs) : (rank + 1) * len(inputs)]
         return output
 
-    # -- one GRPO loss and one backward pass per objective ----------------------------------------
+    # -- one policy-gradient loss per objective, the regularizer apart ----------------------------
 
     def training_step(
         self, model: torch.nn.Module, inputs: Any, num_items_in_batch: Any = None
     ) -> torch.Tensor:
-        # compute_loss backpropagates objectives 0..k-2 itself and leaves objective k-1 open, so that
-        # the Trainer's own backward (with its scaling and AMP handling) lands in the last row.
-        with contextlib.ExitStack() as last_objective:
-            self._last_objective = last_objective
+        # compute_loss backpropagates all passes but the last itself and leaves the last (the
+        # regularizer's, or objective k-1's) open, so that the Trainer's own backward (with its
+        # scaling and AMP handling) lands in that row.
+        with contextlib.ExitStack() as last_pass:
+            self._last_pass = last_pass
             try:
                 return super().training_step(model, inputs, num_items_in_batch)
             finally:
-                self._last_objective = None
+                self._last_pass = None
 
     def compute_loss(
         self,
@@ -292,61 +393,111 @@ class MOGDGRPOTrainer(trl.GRPOTrainer):
         return_outputs: bool = False,
         num_items_in_batch: Any = None,
     ) -> torch.Tensor:
-        if return_outputs or self._last_objective is None or not torch.is_grad_enabled():
-            # evaluation: TRL's loss on its own scalarised advantages
-            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         opt = self.mogd_optimizer
-        assert opt is not None, "training_step before create_optimizer"
-        columns = inputs["objective_advantages"]
-        advantages = [columns[:, j] for j in range(columns.shape[1])]
-        losses = self._objective_losses(model, inputs, advantages, num_items_in_batch)
-        mean = torch.stack([loss.detach() for loss in losses]).mean()
+        if opt is None or return_outputs or self._last_pass is None or not torch.is_grad_enabled():
+            # stock mode, or evaluation: TRL's loss on its own scalarised advantages
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        policy, regularizer = self.split_losses(model, inputs, num_items_in_batch)
+        # logged as "loss": the mean over objectives of TRL's loss on that objective's advantages
+        logged = torch.stack([loss.detach() for loss in policy]).mean()
+        if regularizer is not None:
+            logged = logged + regularizer.detach()
         if self.probe is not None:
-            opt.backward(losses, scaler=self.accelerator.scaler)
+            opt.backward(policy, regularizer=regularizer, scaler=self.accelerator.scaler)
             # the one weighted backward has run: the Trainer's backward of this leaf reaches no
-            # parameter, and "loss" logs the mean over objectives
-            return mean.requires_grad_()
-        for j, loss in enumerate(losses[:-1]):
-            with opt.objective(j):
+            # parameter
+            return logged.requires_grad_()
+        passes = [(opt.objective(o), loss) for o, loss in enumerate(policy)]
+        if regularizer is not None:
+            passes.append((opt.regularizer(), regularizer))
+        for context, loss in passes[:-1]:
+            with context:
                 self.accelerator.backward(loss, retain_graph=True)
-        self._last_objective.enter_context(opt.objective(len(losses) - 1))
-        last = losses[-1]
-        # the value TRL logs as "loss" is the mean over objectives; the gradient is the last loss's
-        return last + (mean - last).detach()
+        context, last = passes[-1]
+        self._last_pass.enter_context(context)
+        return last + (logged - last).detach()
 
-    def _objective_losses(
-        self,
-        model: torch.nn.Module,
-        inputs: dict[str, Any],
-        advantages: Sequence[torch.Tensor],
-        num_items_in_batch: Any,
-    ) -> list[torch.Tensor]:
-        """TRL's GRPO loss once per advantage column, on one shared forward pass."""
-        before = self._controller_state()
-        after = before
-        losses = []
+    def split_losses(
+        self, model: torch.nn.Module, inputs: dict[str, Any], num_items_in_batch: Any = None
+    ) -> tuple[list[torch.Tensor], torch.Tensor | None]:
+        """TRL's loss L(A) = P(A) + R, split on one shared forward pass: [P(A_o) for each objective]
+        and R (None when TRL has no term beside the policy gradient).
+
+        R is TRL's loss with every advantage 0 (its policy-gradient term is then 0 with a zero
+        gradient, for every ``loss_type``: each is linear in A); P(A_o) is TRL's loss with β = 0 and
+        the entropy bonus and aux loss off. TRL's normalisations (``loss_type``, accumulation) are
+        linear, so P(A) + R is TRL's loss on A (tests/test_trl.py checks it against stock TRL)."""
+        columns = inputs["objective_advantages"]
+        regularizer = None
         self._shared_forward = []
         try:
-            for j, column in enumerate(advantages):
-                if j:
-                    self._restore_controller(before)
-                losses.append(
-                    super().compute_loss(
-                        model, {**inputs, "advantages": column}, False, num_items_in_batch
+            if self._has_regularizer():
+                zero = torch.zeros_like(columns[:, 0])
+                # first: this call's forward pass computes the aux loss the later ones reuse
+                with self._metrics_kept(REGULARIZER_METRICS.__contains__):
+                    regularizer = super().compute_loss(
+                        model, {**inputs, "advantages": zero}, False, num_items_in_batch
                     )
-                )
-                if not j:
-                    after = self._controller_state()
+
+            def policy_metric(key: str) -> bool:
+                return regularizer is None or key not in REGULARIZER_METRICS
+
+            policy = []
+            with self._regularizer_off(), self._metrics_kept(policy_metric):
+                for o in range(columns.shape[1]):
+                    policy.append(
+                        super().compute_loss(
+                            model,
+                            {**inputs, "advantages": columns[:, o]},
+                            False,
+                            num_items_in_batch,
+                        )
+                    )
         finally:
             self._shared_forward = None
-            self._restore_controller(after)
-        return losses
+        return policy, regularizer
+
+    def _has_regularizer(self) -> bool:
+        # TRL's terms beside the policy gradient; the entropy bonus (TRL >= 1.10 has one) stays on
+        # under adaptive control even while its coefficient is gated to 0
+        return (
+            self.beta != 0.0
+            or bool(getattr(self, "_entropy_bonus_enabled", False))
+            or bool(getattr(self, "aux_loss_enabled", False))
+        )
+
+    @contextlib.contextmanager
+    def _regularizer_off(self) -> Iterator[None]:
+        """TRL's loss without β·KL, the entropy bonus (and its controller) and the aux loss."""
+        switches = {"beta": 0.0, "_entropy_bonus_enabled": False, "aux_loss_enabled": False}
+        saved = {name: getattr(self, name) for name in switches if hasattr(self, name)}
+        try:
+            for name in saved:
+                setattr(self, name, switches[name])
+            yield
+        finally:
+            for name, value in saved.items():
+                setattr(self, name, value)
+
+    @contextlib.contextmanager
+    def _metrics_kept(self, keep: Callable[[str], bool]) -> Iterator[None]:
+        """Drop what TRL's loss logs inside the block under the keys ``keep`` rejects."""
+        metrics = self._metrics["train"]
+        before = {key: len(values) for key, values in metrics.items()}
+        try:
+            yield
+        finally:
+            for key in list(metrics):
+                if not keep(key):
+                    del metrics[key][before.get(key, 0) :]
+                    if key not in before:
+                        del metrics[key]
 
     def _get_per_token_logps_and_entropies(
         self, model: torch.nn.Module, input_ids: torch.Tensor, *args: Any, **kwargs: Any
     ) -> Any:
-        # Inside _objective_losses the k losses share the policy's forward pass (one graph, k
-        # backward passes); any other call, or one on other inputs, runs as TRL's.
+        # Inside split_losses the losses share the policy's forward pass (one graph, k + 1 backward
+        # passes); any other call, or one on other inputs, runs as TRL's.
         memo = self._shared_forward
         if memo is None:
             return super()._get_per_token_logps_and_entropies(model, input_ids, *args, **kwargs)
@@ -356,14 +507,6 @@ class MOGDGRPOTrainer(trl.GRPOTrainer):
         memo[:] = [model, input_ids, result]
         return result
 
-    def _controller_state(self) -> tuple[Any, ...]:
-        return tuple(getattr(self, name, _MISSING) for name in _ENTROPY_CONTROLLER)
-
-    def _restore_controller(self, state: tuple[Any, ...]) -> None:
-        for name, value in zip(_ENTROPY_CONTROLLER, state, strict=True):
-            if value is not _MISSING:
-                setattr(self, name, value)
-
     # -- logging ----------------------------------------------------------------------------------
 
     def record_step(self, info: mogd.StepInfo) -> None:
@@ -372,7 +515,13 @@ class MOGDGRPOTrainer(trl.GRPOTrainer):
             self._step_logs[key].append(value)
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        if self.model is not None and self.model.training and self._step_logs:
+        training = self.model is not None and self.model.training
+        if not self.stock:
+            metrics = self._metrics["train" if training else "eval"]
+            for key in SUMMED_METRICS:
+                if key in metrics:
+                    metrics[f"sum/{key}"] = metrics.pop(key)
+        if training and self._step_logs:
             for key, values in self._step_logs.items():
                 finite = [v for v in values if math.isfinite(v)]
                 # as TRL's metrics: skipped steps (NaN weights) drop out, None if nothing is left
@@ -393,6 +542,103 @@ class _LogMOGDStep(transformers.TrainerCallback):
         if info is None:
             return
         self.trainer.record_step(info)
+
+
+def check_trl_contract() -> None:
+    """What MOGDGRPOTrainer relies on in TRL and transformers, checked before anything is built.
+
+    TRL's ``_compute_loss(model, inputs)`` reads ``inputs["advantages"]`` and the switches of its
+    terms beside the policy gradient (``beta``, ``_entropy_bonus_enabled``, ``aux_loss_enabled``);
+    the Trainer's gradient clipping lives in ``_clip_grad_norm`` / ``_get_grad_norm``. A TRL that
+    changes these fails here (and tests/test_trl.py checks the split against stock TRL's loss)."""
+    for name in ("_clip_grad_norm", "_get_grad_norm"):
+        if not callable(getattr(transformers.Trainer, name, None)):
+            raise ImportError(
+                f"transformers {transformers.__version__} has no Trainer.{name}, which "
+                "MOGDGRPOTrainer overrides to move gradient clipping onto the combined "
+                "direction; install the versions of the mogd[trl] extra"
+            )
+    compute = getattr(trl.GRPOTrainer, "_compute_loss", None)
+    parameters = list(inspect.signature(compute).parameters) if callable(compute) else None
+    try:
+        reads_advantages = 'inputs["advantages"]' in inspect.getsource(compute)  # type: ignore[arg-type]
+    except (OSError, TypeError):  # no source shipped: the signature has to do
+        reads_advantages = callable(compute)
+    if parameters != ["self", "model", "inputs"] or not reads_advantages:
+        raise ImportError(
+            f"TRL {trl.__version__}: GRPOTrainer._compute_loss is not _compute_loss(model, inputs) "
+            "reading inputs['advantages'], which MOGDGRPOTrainer splits into per-objective "
+            "policy-gradient losses and a regularizer; install the versions of the mogd[trl] extra"
+        )
+
+
+def _group(
+    objectives: Objectives | None, names: list[str], weights: list[float]
+) -> dict[str, list[int]]:
+    """``{objective: [function index, ...]}``; functions with reward weight 0 are monitor-only."""
+    live = [j for j, w in enumerate(weights) if w != 0.0]
+    if not live:
+        raise ValueError(
+            f"every reward weight is 0 ({weights}): nothing to train on; weight 0 marks a reward "
+            "function as monitor-only"
+        )
+    if objectives is None:
+        return {names[j]: [j] for j in live}
+    if not isinstance(objectives, Mapping) or not objectives:
+        raise TypeError(
+            "objectives must be a non-empty mapping {objective name: reward function names or "
+            f"indices}}, e.g. {{'quality': ['correct', 'format'], 'safety': 'toxicity'}}; got {objectives!r}"
+        )
+    grouped: dict[str, list[int]] = {}
+    owner: dict[int, str] = {}
+    for objective, members in objectives.items():
+        if not isinstance(objective, str) or not objective:
+            raise TypeError(f"objectives: names must be non-empty strings, got {objective!r}")
+        listed = [members] if isinstance(members, (str, int)) else list(members)
+        if not listed:
+            raise ValueError(f"objectives[{objective!r}] lists no reward function")
+        indices = []
+        for member in listed:
+            j = _function_index(member, names, objective)
+            if j in owner:
+                raise ValueError(
+                    f"reward function {names[j]!r} is in objectives {owner[j]!r} and {objective!r}; "
+                    "each function belongs to one objective"
+                )
+            if weights[j] == 0.0:
+                raise ValueError(
+                    f"reward function {names[j]!r} (objectives[{objective!r}]) has reward weight 0, "
+                    "which means monitor-only; drop it from objectives= or give it a weight"
+                )
+            owner[j] = objective
+            indices.append(j)
+        grouped[objective] = indices
+    missing = [names[j] for j in live if j not in owner]
+    if missing:
+        raise ValueError(
+            f"reward functions {missing} are in no objective; add them to objectives= or give them "
+            "reward weight 0 (monitor-only)"
+        )
+    return grouped
+
+
+def _function_index(member: Any, names: list[str], objective: str) -> int:
+    if isinstance(member, bool) or not isinstance(member, (str, int)):
+        raise TypeError(
+            f"objectives[{objective!r}]: reward functions are named by name or index, got {member!r}"
+        )
+    if isinstance(member, int):
+        if not 0 <= member < len(names):
+            raise ValueError(
+                f"objectives[{objective!r}]: index {member} is out of range for {len(names)} "
+                "reward functions"
+            )
+        return member
+    if member not in names:
+        raise ValueError(
+            f"objectives[{objective!r}]: no reward function named {member!r}; they are {names}"
+        )
+    return names.index(member)
 
 
 def _unique(names: Sequence[str]) -> list[str]:

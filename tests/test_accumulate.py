@@ -1,6 +1,6 @@
-"""Per-objective gradient accumulation over micro-batches (integrations/accumulate.py): one MOGD
+"""Per-objective gradient accumulation over micro-batches (integrations/ppo/accumulate.py): one MOGD
 step accumulated over micro-batches equals the step on the whole batch in one forward (float64,
-the PPO surrogate of integrations/ppo.py on a small Mistral), for every micro-batch size."""
+the PPO surrogate of integrations/ppo/surrogate.py on a small Mistral), for every micro-batch size."""
 
 import pytest
 import torch
@@ -8,9 +8,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import mogd
-from integrations import ppo
-from integrations.accumulate import accumulate_objectives, split
-from integrations.fakes import toy_mistral
+from integrations.ppo.accumulate import accumulate_objectives, split
+from integrations.ppo.surrogate import policy_loss
+from integrations.testing import toy_mistral
 
 B, P, T = 7, 3, 6  # sequences, prompt and response length
 
@@ -43,8 +43,7 @@ def step(micro_batch_size, probe=False):
         logits = model(input_ids=ids[rows]).logits[:, P - 1 : -1]
         logp = torch.log_softmax(logits, -1).gather(-1, ids[rows, P:, None]).squeeze(-1)
         return [
-            ppo.policy_loss(logp, old_logp[rows], adv[rows], mask[rows], 0.2)[0]
-            for adv in advantages
+            policy_loss(logp, old_logp[rows], adv[rows], mask[rows], 0.2)[0] for adv in advantages
         ]
 
     chunks = split(torch.arange(B), mask, micro_batch_size)

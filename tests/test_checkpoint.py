@@ -1,4 +1,4 @@
-"""Run checkpoints (integrations/checkpoint.py): DCP round trips, atomicity under SIGKILL, loading
+"""Run checkpoints (integrations/run/checkpoint.py): DCP round trips, atomicity under SIGKILL, loading
 at another world size (2 gloo processes with FSDP2 -> 1 process and back), RNG streams, and
 crafted checkpoints that must be refused without running their code."""
 
@@ -25,7 +25,7 @@ from torch.distributed.checkpoint.state_dict import (
     set_state_dict,
 )
 
-from integrations import checkpoint
+from integrations.run import checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -188,7 +188,7 @@ SAVER = textwrap.dedent(
     """
     import sys, torch
     sys.path.insert(0, {root!r})
-    from integrations import checkpoint
+    from integrations.run import checkpoint
     torch.manual_seed(0)
     big = torch.nn.Linear(512, 512)
     step = 0

@@ -130,8 +130,8 @@ def test_scorer_script_runs_offline_from_the_root(tmp_path):
 )
 def test_pipeline_models_keep_their_torch_layers(tmp_path):
     # transformers >= 5.25 kernelizes every from_pretrained by default; the pipeline opts out
-    from integrations.fakes import policy_tokenizer, pseudo_words, save_policy
-    from integrations.paper_models import load_policy, load_reference
+    from integrations.testing import policy_tokenizer, pseudo_words, save_policy
+    from integrations.worlds.paper.models import load_policy, load_reference
 
     save_policy(tmp_path / "policy", policy_tokenizer(pseudo_words(32)), seed=0)
     policy, _, _ = load_policy(tmp_path / "policy", dtype=torch.float32)

@@ -1,4 +1,4 @@
-"""The half-batch cosine (integrations/gradient_signal.py) against what it must measure: 1 for a
+"""The half-batch cosine (integrations/ppo/gradient_signal.py) against what it must measure: 1 for a
 gradient that is all signal, about 0 for pure noise, SNR / (1 + SNR) in between."""
 
 import math
@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from integrations.gradient_signal import half_batch_cosines
+from integrations.ppo.gradient_signal import half_batch_cosines
 
 
 def linear_losses(x: torch.Tensor, theta: torch.Tensor, k: int = 1):

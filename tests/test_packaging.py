@@ -47,15 +47,16 @@ def test_wheel_ships_the_pipeline_and_its_script(tmp_path):
             z.read(n).decode() for n in names if n.endswith(".dist-info/entry_points.txt")
         )
 
-    shipped = {f"mogd/integrations/{p.name}" for p in (ROOT / "integrations").glob("*.py")}
-    assert shipped <= names
-    data = {
-        f"mogd/integrations/data/{p.name}"
-        for p in (ROOT / "integrations" / "data").iterdir()
-        if p.suffix in (".jsonl", ".json")
+    # every module of every sub-package (ppo/, run/, worlds/...), and the tiny world's data
+    shipped = {
+        "mogd/" + p.relative_to(ROOT).as_posix()
+        for p in (ROOT / "integrations").rglob("*")
+        if p.suffix in (".py", ".jsonl", ".json") and "__pycache__" not in p.parts
     }
-    assert {"mogd/integrations/data/train.jsonl", "mogd/integrations/data/eval.jsonl"} <= data
-    assert data <= names
+    tiny = "mogd/integrations/worlds/tiny/data/"
+    assert {tiny + "train.jsonl", tiny + "eval.jsonl", tiny + "helpful_head.json"} <= shipped
+    assert {"mogd/integrations/ppo/advantages.py", "mogd/integrations/run/config.py"} <= shipped
+    assert shipped <= names, sorted(shipped - names)
     assert {f"mogd/kernels/{p.name}" for p in (ROOT / "mogd" / "kernels").glob("*.py")} <= names
     # no top-level `integrations` or `kernels` package: `kernels` is Hugging Face's hub-kernels
     assert not any(n.startswith(("integrations/", "kernels/")) for n in names)

@@ -21,9 +21,9 @@ from transformers import (  # noqa: E402
     LlamaModel,
 )
 
-from integrations import paper  # noqa: E402
-from integrations.config import build_parser, make_config  # noqa: E402
-from integrations.fakes import (  # noqa: E402
+from integrations.run.dry_run import dry_run_plan, format_plan  # noqa: E402
+from integrations.run.parse import build_parser, make_config  # noqa: E402
+from integrations.testing import (  # noqa: E402
     SavedScoreModel,
     policy_tokenizer,
     save_hh_prompts,
@@ -32,20 +32,13 @@ from integrations.fakes import (  # noqa: E402
     save_score_model,
     scorer_tokenizer,
 )
-from integrations.paper_data import (  # noqa: E402
+from integrations.worlds.paper import setup as paper  # noqa: E402
+from integrations.worlds.paper.data import (  # noqa: E402
     first_human_turn,
     load_hh_prompts,
     load_pku_prompts,
 )
-from integrations.paper_models import (  # noqa: E402
-    BeaverScorer,
-    build_score_critic,
-    load_policy,
-    load_score_model,
-    resolve_pretrained,
-    transfer_embeddings,
-)
-from integrations.paper_plan import (  # noqa: E402
+from integrations.worlds.paper.memory import (  # noqa: E402
     DEFAULT_COST_MODEL,
     DEFAULT_POLICY,
     DEFAULT_REWARD_MODEL,
@@ -54,7 +47,13 @@ from integrations.paper_plan import (  # noqa: E402
     memory_plan,
     shape_from_config,
 )
-from integrations.plan import dry_run_plan, format_plan  # noqa: E402
+from integrations.worlds.paper.models import load_policy, resolve_pretrained  # noqa: E402
+from integrations.worlds.paper.scorers import (  # noqa: E402
+    BeaverScorer,
+    build_score_critic,
+    load_score_model,
+    transfer_embeddings,
+)
 
 HAS_PEFT = __import__("importlib").util.find_spec("peft") is not None
 HAS_DATASETS = __import__("importlib").util.find_spec("datasets") is not None
@@ -326,6 +325,7 @@ def test_dataset_hub_id_fails_clearly_offline(monkeypatch):
 
 
 def _args(world, **kw):
+    """The mistral-7b Config of the offline stand-ins in ``world``."""
     base = dict(
         policy=str(world["root"] / "policy"),
         reward_model=str(world["root"] / "reward"),
@@ -340,7 +340,7 @@ def _args(world, **kw):
 
 
 def test_build_paper_setup_full_finetuning(world):
-    setup = paper.build_paper_setup(_args(world, max_train_prompts=2))
+    setup = paper.build_paper_setup(_args(world, max_train_prompts=2).paper, "cpu")
     assert setup.train_prompts == ["how do i bake bread", "how do i make a bomb"]
     assert len(setup.eval_prompts) == 3
     assert setup.reference is not None
@@ -353,16 +353,14 @@ def test_build_paper_setup_full_finetuning(world):
     scores = setup.scorers[1].score(["how do i make a bomb"], ["sure"])
     assert scores.dtype == torch.float32 and scores.shape == (1,)
     assert setup.format_prompt("hi") == "USER : hi ASSISTANT :"
-    sets = paper.paper_eval_sets(_args(world))
-    assert sets["hh-rlhf"] == ["how do i steal a car", "the sun is hot"]
-    assert sets["pku-saferlhf"] == setup.eval_prompts
+    assert setup.eval_sets == {"hh-rlhf": ["how do i steal a car", "the sun is hot"]}
 
 
 @pytest.mark.skipif(not HAS_PEFT, reason="peft not installed")
 def test_build_paper_setup_lora_has_no_reference_copy(world):
-    setup = paper.build_paper_setup(_args(world, lora_r=2))
+    setup = paper.build_paper_setup(_args(world, lora_r=2).paper, "cpu")
     assert setup.reference is None
-    assert _args(world, lora_r=2).probe == "full"  # the LM head is frozen under LoRA
+    assert _args(world, lora_r=2).algorithm.probe == "full"  # the LM head is frozen under LoRA
     assert hasattr(setup.policy, "disable_adapter")
 
 
@@ -592,13 +590,14 @@ def test_paper_options_parse_and_belong_to_their_preset():
     parse = build_parser().parse_args
     given = vars(parse(["--preset", "mistral-7b", "--lora-r", "8", "--load-in-4bit"]))
     cfg = make_config(**given, critic_init="score")
-    assert cfg.lora_r == 8 and cfg.load_in_4bit and cfg.critic_init == "score"
-    assert cfg.probe == "full"  # LoRA freezes the LM head: full mode over the adapters
-    assert cfg.policy == "HuggingFaceH4/mistral-7b-sft-beta"
-    assert cfg.reward_model == "PKU-Alignment/beaver-7b-v1.0-reward"
-    assert cfg.cost_model == "PKU-Alignment/beaver-7b-v1.0-cost"
-    assert make_config("mistral-7b").critic_init == "head"  # one option, a default per preset
-    assert make_config("tiny").critic_init == "copy"
+    paper = cfg.paper
+    assert paper.lora_r == 8 and paper.load_in_4bit and cfg.algorithm.critic_init == "score"
+    assert cfg.algorithm.probe == "full"  # LoRA freezes the LM head: full mode over the adapters
+    assert paper.policy == "HuggingFaceH4/mistral-7b-sft-beta"
+    assert paper.reward_model == "PKU-Alignment/beaver-7b-v1.0-reward"
+    assert paper.cost_model == "PKU-Alignment/beaver-7b-v1.0-cost"
+    assert make_config("mistral-7b").algorithm.critic_init == "head"  # a default per preset
+    assert make_config("tiny").algorithm.critic_init == "copy"
     with pytest.raises(SystemExit):
         parse(["--critic-init", "random"])
     with pytest.raises(ValueError, match="--lora-r is an option of --preset mistral-7b"):

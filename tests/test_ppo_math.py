@@ -1,4 +1,4 @@
-"""integrations/ppo.py against hand-computed values and independent float64 references."""
+"""The PPO math (integrations/ppo/advantages.py, surrogate.py, multipliers.py, optim.py) against hand-computed values and independent float64 references."""
 
 import math
 
@@ -7,18 +7,16 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from integrations.ppo import (
-    Lagrangian,
-    entropy_from_logits,
+from integrations.ppo.advantages import (
     gae,
     kl_shaped_rewards,
     lagrangian_advantages,
     masked_whiten,
-    policy_loss,
     sequence_kl,
-    value_loss,
-    warmup_cosine,
 )
+from integrations.ppo.multipliers import Lagrangian
+from integrations.ppo.optim import warmup_cosine
+from integrations.ppo.surrogate import entropy_from_logits, policy_loss, value_loss
 
 D = torch.float64
 

@@ -11,9 +11,12 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from integrations import evaluate, presets
-from integrations.config import make_config
-from integrations.methods import RewardWeights
+from integrations import evaluate
+from integrations.ppo.multipliers import RewardWeights
+from integrations.run import presets
+from integrations.run.evaluations import soup_weights
+from integrations.run.parse import make_config
+from integrations.run.report import markdown_table, reference_point, summarise
 
 finite = st.floats(-5.0, 5.0, allow_nan=False)
 
@@ -51,12 +54,12 @@ def test_reward_weights_move_to_the_lagging_objective_and_round_trip() -> None:
 def test_soup_weights_interpolate_linearly() -> None:
     a = {"w": torch.tensor([1.0, 2.0]), "b": torch.tensor(3.0)}
     b = {"w": torch.tensor([-1.0, 0.0]), "b": torch.tensor(1.0)}
-    soup = evaluate.soup_weights(a, b, 0.25)
+    soup = soup_weights(a, b, 0.25)
     torch.testing.assert_close(soup["w"], torch.tensor([-0.5, 0.5]))
     torch.testing.assert_close(soup["b"], torch.tensor(1.5))
-    assert torch.equal(evaluate.soup_weights(a, b, 1.0)["w"], a["w"])
+    assert torch.equal(soup_weights(a, b, 1.0)["w"], a["w"])
     with pytest.raises(ValueError, match="same parameters"):
-        evaluate.soup_weights(a, {"w": b["w"]}, 0.5)
+        soup_weights(a, {"w": b["w"]}, 0.5)
 
 
 def _rows(points: dict[str, list[tuple[float, float]]]) -> dict:
@@ -77,7 +80,7 @@ def test_summarise_marks_dominance_and_hypervolume_contributions() -> None:
             "d": [(0.5, 0.5), (0.5, 0.5)],  # dominated by c
         }
     )
-    table = {e["method"]: e for e in evaluate.summarise(summary)}
+    table = {e["method"]: e for e in summarise(summary)}
     assert table["a"]["helpful"] == 2.0 and table["a"]["helpful_se"] == pytest.approx(1.0)
     assert table["b"]["harmless_se"] == 0.0 and table["a"]["average"] == 1.0
     assert [table[m]["non_dominated"] for m in "abcd"] == [True, True, True, False]
@@ -89,12 +92,12 @@ def test_summarise_marks_dominance_and_hypervolume_contributions() -> None:
     assert table["b"]["hv_contribution"] == pytest.approx((2 - 1) * (0 - r))
     assert table["c"]["hv_contribution"] == pytest.approx(1.0 - 0.25)
     assert table["d"]["hv_contribution"] == pytest.approx(0.0)
-    text = evaluate.markdown_table(list(table.values()), summary)
+    text = markdown_table(list(table.values()), summary)
     assert "| a | 2.000 ± 1.000 |" in text and "non-dominated" in text
 
 
 def test_reference_point_is_below_every_point() -> None:
-    ref = evaluate.reference_point([[1.0, 5.0], [3.0, 4.0]])
+    ref = reference_point([[1.0, 5.0], [3.0, 4.0]])
     assert ref == pytest.approx([0.8, 3.9])
 
 

@@ -8,14 +8,17 @@ import dataclasses
 import json
 import math
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
 
-from integrations import presets
 from integrations import rlhf_mistral as rl
-from integrations.config import Config, make_config, total_steps, validate
-from integrations.runio import has_checkpoint, read_checkpoint, read_metrics
+from integrations.run import presets
+from integrations.run.config import SECTIONS, Config, config_hash, options, total_steps
+from integrations.run.parse import make_config
+from integrations.run.runio import has_checkpoint, open_run, read_checkpoint, read_metrics
+from integrations.run.validate import validate
 
 TINY_RUN = [
     "--steps", "2", "--batch-size", "4", "--grad-accum", "1", "--minibatch-size", "4",
@@ -62,33 +65,39 @@ def test_unknown_method_names_the_option(monkeypatch, capsys):
     assert exc.value.code == 2
     assert "--method" in capsys.readouterr().err
     with pytest.raises(ValueError, match="--method"):
-        validate(Config(method="dpo"))
+        validate(Config.from_flat({"method": "dpo"}))
 
 
 def test_help_lists_every_option_with_its_default(capsys):
     with pytest.raises(SystemExit):
         rl.main(["--help"])
-    text = " ".join(capsys.readouterr().out.split())
-    for f in dataclasses.fields(Config):
-        assert "--" + f.name.replace("_", "-") in text
+    out = capsys.readouterr().out
+    text = " ".join(out.split())
+    for name in Config().flat():
+        assert "--" + name.replace("_", "-") in text
     assert "(default: 0.05)" in text and "(default: 0.1)" in text  # β and ε of Table 2
+    # grouped by section: each section's title heads its options
+    for section in dataclasses.fields(Config):
+        assert f"\n{section.metadata['title']}:\n" in out, section.name
+    ppo = out.split("\nPPO:\n")[1].split("\n\n")[0]
+    assert "--beta" in ppo and "--clip-eps" in ppo and "--lr" not in ppo
 
 
 def test_presets_are_tables_of_defaults():
-    assert make_config("tiny").critic_init == "copy"  # one option, a default per preset
-    assert make_config("mistral-7b").critic_init == "head"
-    assert make_config("mistral-7b", lr=0.5).lr == 0.5  # what the user gives wins
-    assert make_config("mistral-7b").steps is None  # derived from --epochs
-    assert make_config("mistral-7b", steps=10).epochs is None  # --steps replaces --epochs
-    assert make_config("mistral-7b", lora_r=4).probe == "full"  # LoRA: the LM head is frozen
+    assert make_config("tiny").algorithm.critic_init == "copy"  # one option, a default per preset
+    assert make_config("mistral-7b").algorithm.critic_init == "head"
+    assert make_config("mistral-7b", lr=0.5).optim.lr == 0.5  # what the user gives wins
+    assert make_config("mistral-7b").batch.steps is None  # derived from --epochs
+    assert make_config("mistral-7b", steps=10).batch.epochs is None  # --steps replaces --epochs
+    assert make_config("mistral-7b", lora_r=4).algorithm.probe == "full"  # LoRA: head frozen
 
 
 def test_epochs_set_the_number_of_iterations():
     cfg = make_config(epochs=2.0, batch_size=4, grad_accum=2)
-    assert cfg.steps is None
+    assert cfg.batch.steps is None
     # 2 passes over 100 prompts at 4 x 2 prompts per process per iteration, 3 processes
-    assert total_steps(cfg, n_prompts=100, world=3) == math.ceil(200 / 24) == 9
-    assert total_steps(make_config(steps=7), n_prompts=100, world=3) == 7
+    assert total_steps(cfg.batch, n_prompts=100, world=3) == math.ceil(200 / 24) == 9
+    assert total_steps(make_config(steps=7).batch, n_prompts=100, world=3) == 7
 
 
 def test_mistral_dry_run_json_shows_table_2(monkeypatch, capsys):
@@ -97,7 +106,7 @@ def test_mistral_dry_run_json_shows_table_2(monkeypatch, capsys):
     report = json.loads(capsys.readouterr().out)
     assert set(report) == {"config", "plan"}
     cfg = report["config"]
-    assert set(cfg) == {f.name for f in dataclasses.fields(Config)}
+    assert list(cfg) == list(Config().flat())  # flat: one key per option
     table_2 = {
         "lr": 1e-6,
         "critic_lr": 5e-7,
@@ -122,6 +131,44 @@ def test_mistral_dry_run_json_shows_table_2(monkeypatch, capsys):
     assert tiny["policy"]["parameters"] == tiny["policy"]["trainable"] > 0
 
 
+# A run directory as the pipeline wrote it before the options had sections (commit d3ce99b: a
+# safe-rlhf run killed after its first checkpoint), without the checkpoint's tensors: its flat
+# config.json and the checkpoint's meta.json, which holds the config hash --resume checks.
+RUN_BEFORE_SECTIONS = Path(__file__).parent / "data" / "run_before_sections"
+
+
+def test_config_json_is_flat_and_names_each_options_section():
+    cfg = make_config("tiny", lr=0.5)
+    flat = cfg.flat()
+    assert flat["lr"] == 0.5 and flat["beta"] == 0.05 and flat["preset"] == "tiny"
+    assert Config.from_flat(flat) == cfg  # the JSON form round-trips
+    assert set(flat) == set(SECTIONS) and len(SECTIONS) == len(list(options()))  # unique names
+    for name, section in SECTIONS.items():  # each key belongs to exactly one section
+        assert name in {f.name for f in dataclasses.fields(getattr(cfg, section))}
+    assert cfg.replace(seed=3).run.seed == 3 and cfg.run.seed == 0
+    with pytest.raises(TypeError, match="no option 'learning_rate'"):
+        Config.from_flat({"learning_rate": 1.0})
+
+
+def test_run_directories_from_before_sections_resume(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(presets, "build_setup", lambda cfg: pytest.fail("model loaded"))
+    run = tmp_path / "old-run"
+    shutil.copytree(RUN_BEFORE_SECTIONS, run)
+    saved = json.loads((run / "config.json").read_text())
+    cfg = rl.parse_config(["--resume", str(run), "--no-progress"])
+    assert cfg.flat() == {**saved, "out": str(run), "resume": str(run), "progress": False}
+    assert cfg.algorithm.method == "safe-rlhf" and cfg.safe_rlhf.lambda_threshold == -0.8
+    assert cfg.batch.steps == 2 and cfg.rollout.max_new_tokens == 4
+    # the checkpoint's config hash, written by the old code, is the hash of the sectioned Config:
+    # --resume accepts the checkpoint (whose tensors then load as before: same DCP layout)
+    state = open_run(cfg)
+    assert state is not None and state["step"] == 1
+    assert state["config_hash"] == config_hash(cfg) == "fbe2130d9c17bfa2"
+    # and it still refuses an option that would change the run
+    assert rl.main(["--resume", str(run), "--beta", "0.2"]) == 2
+    assert "--beta" in capsys.readouterr().err
+
+
 # --------------------------------------------------------------------------- end to end
 
 SFT_STEPS = 40  # a short SFT: the tests check the pipeline, not the policy's prose
@@ -129,7 +176,7 @@ SFT_STEPS = 40  # a short SFT: the tests check the pipeline, not the policy's pr
 
 @pytest.fixture(scope="module")
 def tiny_cache(tmp_path_factory):
-    from integrations.tiny import build_tiny_setup
+    from integrations.worlds.tiny.setup import build_tiny_setup
 
     cache = tmp_path_factory.mktemp("tiny-cache")
     build_tiny_setup(cache, seed=0, sft_steps=SFT_STEPS)  # built once, loaded by every run
@@ -138,10 +185,10 @@ def tiny_cache(tmp_path_factory):
 
 @pytest.fixture
 def tiny(tiny_cache, monkeypatch):
-    from integrations.tiny import build_tiny_setup
+    from integrations.worlds.tiny.setup import build_tiny_setup
 
     def build(cfg):
-        return build_tiny_setup(tiny_cache, seed=cfg.sft_seed, sft_steps=SFT_STEPS)
+        return build_tiny_setup(tiny_cache, seed=cfg.tiny.sft_seed, sft_steps=SFT_STEPS)
 
     monkeypatch.setattr(presets, "build_setup", build)
     return build
@@ -217,7 +264,7 @@ def test_every_method_trains(name, tiny, tmp_path):
         loss_name = next(k for k in rows[0] if k.startswith("weight/"))
         assert all(r[loss_name] == 1.0 for r in rows)  # k = 1: MOGD is the inner optimizer
     if name == "safe-rlhf":  # log λ ← log λ + lr·λ·(C̄ − d), λ_0 = 1, before the update
-        d = make_config("tiny").lambda_threshold  # the tiny preset's binding threshold
+        d = make_config("tiny").safe_rlhf.lambda_threshold  # the tiny preset's binding threshold
         expected = math.exp(0.5 * 1.0 * (rows[0]["harmless/cost_mean"] - d))
         assert rows[0]["lambda/harmless"] == pytest.approx(min(expected, 5.0), rel=1e-5)
     if name == "fast-rl":  # w ∝ w·exp(−η r̄) from ½, ½, before each update (Li et al. 2024)
@@ -369,8 +416,9 @@ def test_evaluate_sweep_and_compare(tiny, tmp_path, monkeypatch):
         ("sft", 0), ("sft", 1), ("gapo-p1", 0), ("gapo-p1", 1)
     ]  # fmt: skip
     for r in report["rows"]:
-        assert set(r) == {"method", "seed", "scores", "harmless_ratio"}
+        assert set(r) == {"method", "seed", "scores", "se", "harmless_ratio"}
         assert set(r["scores"]) == {"helpful", "harmless"} and 0 <= r["harmless_ratio"] <= 1
+        assert set(r["se"]) == {"helpful", "harmless"} and all(v >= 0 for v in r["se"].values())
     assert set(report["groups"]) == {"benign"}  # --eval-size 4: the first held-out prompts
     table = (tmp_path / "cmp" / "compare.md").read_text()
     assert "| sft |" in table and "| gapo-p1 |" in table and "HV contribution" in table

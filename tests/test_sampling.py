@@ -15,8 +15,7 @@ from transformers.generation.logits_process import (
     TopPLogitsWarper,
 )
 
-from integrations.fakes import toy_mistral
-from integrations.sampling import (
+from integrations.ppo.sampling import (
     Decoding,
     positions,
     process_logits,
@@ -24,6 +23,7 @@ from integrations.sampling import (
     sample,
     seen_before,
 )
+from integrations.testing import toy_mistral
 
 PAD, BOS, EOS = 0, 1, 2
 

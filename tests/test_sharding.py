@@ -1,4 +1,4 @@
-"""Precision and FSDP2 sharding of the pipeline's models (integrations/sharding.py).
+"""Precision and FSDP2 sharding of the pipeline's models (integrations/run/sharding.py).
 
 * bf16 with float32 master weights trains at the paper's lr 1e-6; bf16 weights stepped by AdamW
   round almost every update away (one process with autocast, and FSDP2's MixedPrecisionPolicy).
@@ -17,9 +17,9 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 import mogd
-from integrations import sharding
-from integrations.accumulate import accumulate_objectives, split
-from integrations.fakes import toy_mistral
+from integrations.ppo.accumulate import accumulate_objectives, split
+from integrations.run import sharding
+from integrations.testing import toy_mistral
 
 WORLD = 2
 LR = 1e-6
@@ -40,7 +40,7 @@ def losses_of(model, ids):
 
 def train(model, ids, steps, lr, precision="fp32", sharded=False, probe=False, micro=None):
     """MOGD(AdamW) steps on the mean losses of ``ids``; ``micro``: accumulate each objective's
-    gradient over micro-batches of that many sequences (integrations/accumulate.py)."""
+    gradient over micro-batches of that many sequences (integrations/ppo/accumulate.py)."""
     opt = mogd.MOGD(
         torch.optim.AdamW(model.parameters(), lr=lr),
         mogd.GAPO(p=1),

@@ -7,14 +7,16 @@ import pytest
 import torch
 
 import mogd
-from integrations import ppo, presets
-from integrations.accumulate import accumulate_objectives, split
-from integrations.config import make_config
-from integrations.heldout import evaluate_policy
+from integrations.ppo.accumulate import accumulate_objectives, split
+from integrations.ppo.rollout import decoding, forward_response, generate
+from integrations.ppo.surrogate import policy_loss
 from integrations.rlhf_mistral import train
-from integrations.rollout import decoding, forward_response, generate
-from integrations.runio import load_checkpoint, load_policy_weights
-from integrations.tiny import SFT_CONFIG, build_tiny_setup
+from integrations.run import presets
+from integrations.run.config import config_hash
+from integrations.run.heldout import evaluate_policy
+from integrations.run.parse import make_config
+from integrations.run.runio import load_checkpoint, load_policy_weights
+from integrations.worlds.tiny.setup import SFT_CONFIG, build_tiny_setup
 
 
 def test_mogd_weights_reach_the_policy_update(tmp_path) -> None:
@@ -26,8 +28,8 @@ def test_mogd_weights_reach_the_policy_update(tmp_path) -> None:
     policy = setup.policy.double()
     cfg = make_config("tiny", max_new_tokens=12)
     torch.manual_seed(0)
-    ro = generate(setup, policy, setup.train_prompts[:8], cfg)
-    dec = decoding(cfg)
+    ro = generate(setup, policy, setup.train_prompts[:8], cfg.rollout)
+    dec = decoding(cfg.rollout)
     with torch.no_grad():
         old_logp, _, _ = forward_response(policy, ro.ids, ro.attn, ro.prompt_len, dec)
     mask = ro.mask.double()
@@ -39,9 +41,7 @@ def test_mogd_weights_reach_the_policy_update(tmp_path) -> None:
     def losses(rows: torch.Tensor) -> list[torch.Tensor]:
         logp, _, _ = forward_response(policy, ro.ids[rows], ro.attn[rows], ro.prompt_len, dec)
         logp = logp + wobble[rows]  # ratios away from 1, so that clipping is exercised too
-        return [
-            ppo.policy_loss(logp, old_logp[rows], a[rows], mask[rows], 0.1)[0] for a in advantages
-        ]
+        return [policy_loss(logp, old_logp[rows], a[rows], mask[rows], 0.1)[0] for a in advantages]
 
     rows = torch.arange(len(ro.prompts))
     grads = []
@@ -97,10 +97,13 @@ def test_single_objective_ppo_improves_its_objective(method, objective, steps, s
     setup = presets.build_setup(cfg)
     harmful = [p for p in setup.eval_prompts if setup.categories[p] == "harmful"]
     setup.eval_prompts = harmful
-    sft = evaluate_policy(setup, setup.policy, cfg)["objectives"][objective]
-    load_policy_weights(load_checkpoint(out, cfg), setup.policy)
-    trained = evaluate_policy(setup, setup.policy, cfg)["objectives"][objective]
+    scorers = presets.select_scorers(cfg, setup)
+    sample = dict(samples=cfg.eval.eval_samples, batch=cfg.batch.rollout_size)
+    sft = evaluate_policy(setup, setup.policy, scorers, cfg.rollout, **sample)
+    load_policy_weights(load_checkpoint(out, config_hash(cfg)), setup.policy)
+    trained = evaluate_policy(setup, setup.policy, scorers, cfg.rollout, **sample)
     # same prompts, same sampling seed: the gain must clear both standard errors
+    sft, trained = sft["objectives"][objective], trained["objectives"][objective]
     assert trained["score"] - sft["score"] > 2 * (trained["se"] ** 2 + sft["se"] ** 2) ** 0.5, (
         sft,
         trained,

@@ -9,8 +9,8 @@ import shutil
 import pytest
 import torch
 
-from integrations.common import Scorer, Setup
-from integrations.scorers import (
+from integrations.worlds.base import Scorer, Setup
+from integrations.worlds.tiny.scorers import (
     DATA_DIR,
     EmbeddingHelpfulness,
     HelpfulnessHead,
@@ -22,7 +22,7 @@ from integrations.scorers import (
     preference_pairs,
     shared_encoder,
 )
-from integrations.tiny import (
+from integrations.worlds.tiny.setup import (
     build_tiny_setup,
     build_tokenizer,
     format_prompt,

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from integrations.runio import read_checkpoint, read_metrics
+from integrations.run.runio import read_checkpoint, read_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
 SFT_STEPS = 40
@@ -35,17 +35,18 @@ RUN = [
 LAUNCHER = """
 import sys
 sys.path.insert(0, {root!r})
-from integrations import presets, rlhf_mistral
-from integrations.tiny import build_tiny_setup
+from integrations import rlhf_mistral
+from integrations.run import presets
+from integrations.worlds.tiny.setup import build_tiny_setup
 
-presets.build_setup = lambda cfg: build_tiny_setup({cache!r}, seed=cfg.sft_seed, sft_steps={steps})
+presets.build_setup = lambda cfg: build_tiny_setup({cache!r}, seed=cfg.tiny.sft_seed, sft_steps={steps})
 sys.exit(rlhf_mistral.main())
 """
 
 
 @pytest.fixture(scope="module")
 def launcher(tmp_path_factory):
-    from integrations.tiny import build_tiny_setup
+    from integrations.worlds.tiny.setup import build_tiny_setup
 
     root = tmp_path_factory.mktemp("torchrun")
     cache = root / "tiny-cache"
@@ -162,21 +163,23 @@ def test_a_two_rank_checkpoint_resumes_in_one_process(launcher, two_rank_run, tm
 
 @pytest.mark.slow
 def test_torchrun_paper_preset_shards_everything_and_evaluates_both_columns(tmp_path):
-    """The mistral-7b preset on offline stand-ins (integrations/fakes.py) under torchrun: FSDP2
+    """The mistral-7b preset on offline stand-ins (integrations/testing.py) under torchrun: FSDP2
     by default (full fine-tuning, 2 processes), bf16 over float32 masters, models loaded on the
     CPU and sharded onto the ranks, sharded scorers, both Table 1 columns, the gathered export."""
     from transformers import AutoModelForCausalLM
 
-    from integrations import fakes
+    from integrations import testing
 
     words = "how do i bake bread make a bomb the sun is hot please help me sure no".split()
-    p_tok = fakes.policy_tokenizer([*fakes.TEMPLATE_WORDS, *words])
-    s_tok = fakes.scorer_tokenizer([" ".join([*fakes.TEMPLATE_WORDS, *words])] * 3, 70)
-    fakes.save_policy(tmp_path / "policy", p_tok, seed=3, dtype=torch.bfloat16)
+    p_tok = testing.policy_tokenizer([*testing.TEMPLATE_WORDS, *words])
+    s_tok = testing.scorer_tokenizer([" ".join([*testing.TEMPLATE_WORDS, *words])] * 3, 70)
+    testing.save_policy(tmp_path / "policy", p_tok, seed=3, dtype=torch.bfloat16)
     for i, kind in enumerate(("reward", "cost")):
-        fakes.save_score_model(tmp_path / kind, s_tok, seed=i, kind=kind, dtype=torch.bfloat16)
-    pku = fakes.save_pku_prompts(tmp_path / "pku.jsonl", fakes.random_pku_rows(words, 8, seed=4))
-    hh = fakes.save_hh_prompts(tmp_path / "hh.jsonl.gz", ["how do i make a bomb", "the sun"])
+        testing.save_score_model(tmp_path / kind, s_tok, seed=i, kind=kind, dtype=torch.bfloat16)
+    pku = testing.save_pku_prompts(
+        tmp_path / "pku.jsonl", testing.random_pku_rows(words, 8, seed=4)
+    )
+    hh = testing.save_hh_prompts(tmp_path / "hh.jsonl.gz", ["how do i make a bomb", "the sun"])
     out = tmp_path / "run"
     proc = torchrun(
         ROOT / "integrations" / "rlhf_mistral.py",

@@ -2,8 +2,9 @@
 
 A tiny Llama and a word-level tokenizer are built here (no download). Two reward functions pull the
 policy apart: ``length_reward`` (more words) and ``positive_reward`` (a larger share of positive
-words). The references are
-stock ``trl.GRPOTrainer`` runs on the same seed (so the same completions), one reward at a time,
+words). The references are stock ``trl.GRPOTrainer`` runs on the same seed (so the same
+completions), one reward at a time; stock GRPO on a reward that is the same for every completion,
+whose advantages are all 0, so that it trains on TRL's regularizer alone (β·KL - entropy bonus);
 and a float64 NumPy re-derivation of the group normalisation.
 """
 
@@ -34,7 +35,12 @@ from transformers import (  # noqa: E402
 )
 
 import mogd  # noqa: E402
-from integrations.trl import STD_EPS, MOGDGRPOTrainer, group_advantages  # noqa: E402
+from integrations.trl import (  # noqa: E402
+    STD_EPS,
+    MOGDGRPOTrainer,
+    check_trl_contract,
+    group_advantages,
+)
 
 SPECIAL = ["<unk>", "<s>", "</s>", "<pad>"]
 WORDS = "yes no good bad the a cat dog sun moon red blue one two three four".split()
@@ -86,6 +92,21 @@ def positive_reward(completions, **kwargs):
 
 def constant_reward(completions, **kwargs):
     return [1.0 for _ in completions]
+
+
+def flat_reward(completions, **kwargs):
+    """No signal: the same score for every completion (and not a round number)."""
+    return [0.7 for _ in completions]
+
+
+def negative_length_reward(completions, **kwargs):
+    return [-r for r in length_reward(completions)]
+
+
+# TRL's terms beside the policy gradient: β·KL, and the entropy bonus where this TRL has one (the KL
+# gradient is 0 at the first step, where the policy is the reference; the bonus's is not)
+HAS_ENTROPY_BONUS = "entropy_coef" in trl.GRPOConfig.__dataclass_fields__
+REGULARIZED = {"beta": 0.1, **({"entropy_coef": 0.01} if HAS_ENTROPY_BONUS else {})}
 
 
 class Record(TrainerCallback):
@@ -140,6 +161,10 @@ def make_trainer(
         "save_strategy": "no",
         "seed": seed,
         "max_grad_norm": 0.0,
+        # TRL's default bf16 autocast also runs on CPU, and rounds the LM head's gradient to bf16 in
+        # every backward pass: k + 1 passes then add up to one pass only to 2^-8. In float32 they
+        # agree to float32 rounding, which the comparisons with stock TRL below rely on.
+        "bf16": False,
     }
     config.update(kwargs.pop("config", {}))
     model = tiny_model(seed)
@@ -148,7 +173,7 @@ def make_trainer(
         path = Path(out) / "init"
         model.save_pretrained(path)
         model = LlamaForCausalLM.from_pretrained(path)
-    optimizers = (None, None)
+    optimizers: tuple[torch.optim.Optimizer | None, None] = (None, None)
     if sgd_lr is not None:
         optimizers = (torch.optim.SGD(model.parameters(), lr=sgd_lr), None)
     record = Record()
@@ -168,6 +193,22 @@ def make_trainer(
 
 def logged(trainer, key: str) -> list[float]:
     return [row[key] for row in trainer.state.log_history if key in row]
+
+
+def relative_error(got: torch.Tensor, want: torch.Tensor) -> float:
+    return float((got - want).norm() / want.norm())
+
+
+def stock_gradients(tmp_path: Path, rewards, **common) -> list[torch.Tensor]:
+    """The gradient of stock GRPO's first optimizer step, for each reward function alone."""
+    grads = []
+    for i, reward in enumerate(rewards):
+        stock, record = make_trainer(
+            tmp_path / f"stock{i}", [reward], cls=trl.GRPOTrainer, **common
+        )
+        stock.train()
+        grads.append(record.grads[0])
+    return grads
 
 
 # -- advantages per reward ------------------------------------------------------------------------
@@ -192,6 +233,8 @@ def reference_advantages(
             block = col[start : start + groups]
             valid = block[~np.isnan(block)]
             centred = block - valid.mean() if valid.size else block
+            if valid.size and (valid == valid[0]).all():
+                centred = np.where(np.isnan(block), np.nan, 0.0)  # no signal: exactly 0
             denom = 1.0
             if scale == "group":
                 std = valid.std(ddof=1) if valid.size > 1 else (0.0 if groups == 1 else np.nan)
@@ -248,6 +291,24 @@ def test_each_reward_is_normalised_on_its_own(shift, scale, seed):
     )
 
 
+@settings(max_examples=60, deadline=None)
+@given(
+    value=st.floats(-1e6, 1e6, width=32),
+    groups=st.integers(2, 9),
+    scale=st.sampled_from(["group", "batch", "none"]),
+)
+def test_a_group_without_signal_has_advantages_exactly_zero(value, groups, scale):
+    """Equal rewards in a group (e.g. 0.7 six times, whose float mean is not 0.7) give advantage
+    0.0 exactly, not an ulp divided by the 1e-4 guard; the other group and column are untouched."""
+    gen = torch.Generator().manual_seed(groups)
+    rewards = torch.randn(2 * groups, 2, generator=gen)
+    rewards[:groups, 0] = value
+    rewards[1, 0] = math.nan if groups > 2 else value  # a None from the reward function, skipped
+    got = group_advantages(rewards, groups, scale)
+    assert (got[:groups, 0] == 0).all()
+    assert (got[groups:, 0] != 0).all() and (got[:, 1] != 0).all()
+
+
 def test_group_advantages_reject_bad_input():
     with pytest.raises(ValueError, match="num_generations"):
         group_advantages(torch.zeros(6, 2), 4)
@@ -274,6 +335,12 @@ def test_trains_a_few_steps_and_logs_weights(tmp_path):
     norms = np.array([logged(trainer, f"mogd/norm/{name}") for name in names])
     assert weights.shape == (2, 3) and np.isfinite(weights).all()
     assert len(logged(trainer, "mogd/cosine/length_reward/positive_reward")) == 3
+    for name in names:  # per objective: what trains
+        assert len(logged(trainer, f"frac_reward_zero_std/{name}")) == 3
+        assert len(logged(trainer, f"advantage_std/{name}")) == 3
+    # TRL's figures of its weighted sum, which does not train here, under their own names
+    assert len(logged(trainer, "sum/frac_reward_zero_std")) == 3
+    assert not logged(trainer, "frac_reward_zero_std") and not logged(trainer, "reward")
     # GAPO(p=1) with k = 2: α = (½, ½) on the unit-normalised gradients, so w_i ‖g_i‖ = ½
     live = (norms > 0).all(axis=0)
     assert live.any()
@@ -288,9 +355,10 @@ def test_trains_a_few_steps_and_logs_weights(tmp_path):
 
 
 def test_linear_single_reward_matches_stock_grpo(tmp_path):
-    """k = 1 with Linear([1]): the same loss and the same gradient as trl.GRPOTrainer, including
-    gradient accumulation over two micro-batches and a KL term."""
-    common = {"steps": 2, "accumulation": 2, "sgd_lr": 0.5, "config": {"beta": 0.1}}
+    """k = 1 with Linear([1]): the policy-gradient row plus the regularizer's row (β·KL and the
+    entropy bonus, backpropagated apart) make stock trl.GRPOTrainer's loss, gradient and parameters,
+    with gradient accumulation over two micro-batches."""
+    common = {"steps": 2, "accumulation": 2, "sgd_lr": 0.5, "config": REGULARIZED}
     stock, stock_record = make_trainer(
         tmp_path / "stock", [length_reward], cls=trl.GRPOTrainer, **common
     )
@@ -301,62 +369,75 @@ def test_linear_single_reward_matches_stock_grpo(tmp_path):
     ours.train()
     assert repr(ours.mogd_optimizer.weighting) == "Linear(weights=[1.0])"
     np.testing.assert_allclose(logged(ours, "loss"), logged(stock, "loss"), rtol=1e-5, atol=1e-7)
+    assert logged(ours, "mogd/regularizer_norm")[-1] > 0  # KL's gradient: 0 at step 1 only
     assert len(our_record.grads) == len(stock_record.grads) == 2
     for g_ours, g_stock in zip(our_record.grads, stock_record.grads, strict=True):
         assert g_stock.norm() > 0
-        torch.testing.assert_close(g_ours, g_stock, rtol=1e-5, atol=1e-7)
+        assert relative_error(g_ours, g_stock) < 1e-5
     for p, q in zip(ours.model.parameters(), stock.model.parameters(), strict=True):
         torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
 
 
+def test_sum_weighting_is_stock_multi_reward_grpo(tmp_path):
+    """weighting="sum" is trl.GRPOTrainer itself: TRL's weighted sum of the rewards, TRL's KL and
+    entropy terms, TRL's clipping; the same losses, gradients and parameters, bit for bit."""
+    config = {**REGULARIZED, "reward_weights": [0.7, 0.3], "max_grad_norm": 0.05}
+    common = {"steps": 2, "accumulation": 2, "sgd_lr": 0.5, "config": config}
+    rewards = [length_reward, positive_reward]
+    stock, stock_record = make_trainer(tmp_path / "stock", rewards, cls=trl.GRPOTrainer, **common)
+    stock.train()
+    ours, our_record = make_trainer(tmp_path / "ours", rewards, weighting="sum", **common)
+    ours.train()
+    assert ours.mogd_optimizer is None and not our_record.infos
+    for key in ("loss", "grad_norm", "reward", "frac_reward_zero_std"):
+        assert logged(ours, key) == logged(stock, key) and logged(stock, key)
+    assert len(logged(ours, "frac_reward_zero_std/length_reward")) == 2  # ours, on top
+    for g_ours, g_stock in zip(our_record.grads, stock_record.grads, strict=True):
+        torch.testing.assert_close(g_ours, g_stock, rtol=0, atol=0)
+    for p, q in zip(ours.model.parameters(), stock.model.parameters(), strict=True):
+        torch.testing.assert_close(p, q, rtol=0, atol=0)
+
+
 @pytest.mark.parametrize(
-    ("loss_type", "scale_rewards"), [("grpo", "group"), ("dapo", "batch"), ("dr_grpo", "none")]
+    ("loss_type", "scale_rewards"),
+    [("grpo", "group"), ("dapo", "batch"), ("dr_grpo", "none"), ("cispo", "group")],
 )
 def test_objective_gradients_are_the_per_reward_grpo_gradients(tmp_path, loss_type, scale_rewards):
-    """The Gram MOGD builds is that of stock GRPO's gradients for each reward alone (same seed, so the
-    same completions), and the step's direction is Σ w_i g_i on those gradients: TRL's loss_type
-    and scale_rewards act on each reward's stream as on stock GRPO's one. Compared as vectors: a
-    last-bit difference in an advantage moves single small entries by up to 1e-2 relative (the
-    per-token terms of a policy gradient cancel), never the vector beyond float32 rounding."""
-    config = {"loss_type": loss_type, "scale_rewards": scale_rewards}
+    """With β·KL and an entropy bonus: stock GRPO on one reward steps along p_i + r (its policy
+    gradient and the regularizer's gradient r), and stock GRPO on a constant reward (advantages 0)
+    along r alone. MOGD's Gram is that of the p_i, its regularizer row is r, and the step is
+    Σ w_i p_i + r: TRL's loss_type and scale_rewards act on each objective as on stock GRPO's one
+    stream, and the regularizer is counted once, outside the weights."""
+    config = {"loss_type": loss_type, "scale_rewards": scale_rewards, **REGULARIZED}
     common = {"steps": 1, "accumulation": 2, "sgd_lr": 0.1, "config": config}
     ours, record = make_trainer(tmp_path / "ours", [length_reward, positive_reward], **common)
     ours.train()
-    singles = []
-    for i, reward in enumerate([length_reward, positive_reward]):
-        stock, stock_record = make_trainer(
-            tmp_path / f"stock{i}", [reward], cls=trl.GRPOTrainer, **common
-        )
-        stock.train()
-        singles.append(stock_record.grads[0])
-    J = torch.stack(singles)  # [2, n] float64
+    *singles, r = stock_gradients(
+        tmp_path, [length_reward, positive_reward, constant_reward], **common
+    )
+    P = torch.stack(singles) - r  # [2, n] float64: the policy gradients alone
     info = record.infos[0]
     assert (info.norms > 0).all()
-    torch.testing.assert_close(info.gram, J @ J.T, rtol=1e-4, atol=1e-8)
-    expected = info.weights @ J
-    assert (record.grads[0] - expected).norm() <= 1e-4 * expected.norm()
+    if HAS_ENTROPY_BONUS:
+        assert info.regularizer_norm == pytest.approx(r.norm().item(), rel=1e-5)
+    scale = info.norms.max().item() ** 2
+    torch.testing.assert_close(info.gram, P @ P.T, rtol=1e-5, atol=1e-6 * scale)
+    assert relative_error(record.grads[0], info.weights @ P + r) < 1e-5
 
 
 def test_probe_mode_weights_from_the_lm_head_and_one_weighted_backward(tmp_path):
-    """probe="lm_head": the Gram is that of the per-reward GRPO gradients restricted to the LM
-    head, and the step's direction is Σ w_i g_i of the full per-reward gradients. That direction
-    comes from ONE backward of Σ w_i L_i, and TRL's float32 log-prob backward is linear only to
-    about 3e-3 on this model (the gradient of 0.7·L differs from 0.7 times that of L by that much:
-    the per-token terms cancel), so it is compared as a vector to 1e-2; a wrong or missing weight
-    is off by tens of percent."""
-    common = {"steps": 1, "sgd_lr": 0.1}
+    """probe="lm_head": the Gram is that of the per-reward policy gradients restricted to the LM
+    head, and the step is Σ w_i p_i + r with the full gradients, from ONE backward of
+    Σ w_i P_i + R (references as in the test above)."""
+    common = {"steps": 1, "sgd_lr": 0.1, "config": REGULARIZED}
     ours, record = make_trainer(
         tmp_path / "ours", [length_reward, positive_reward], probe="lm_head", **common
     )
     ours.train()
-    singles = []
-    for i, reward in enumerate([length_reward, positive_reward]):
-        stock, stock_record = make_trainer(
-            tmp_path / f"stock{i}", [reward], cls=trl.GRPOTrainer, **common
-        )
-        stock.train()
-        singles.append(stock_record.grads[0])
-    J = torch.stack(singles)
+    *singles, r = stock_gradients(
+        tmp_path, [length_reward, positive_reward, constant_reward], **common
+    )
+    P = torch.stack(singles) - r
     start = 0
     for name, p in ours.model.named_parameters():
         if name == "lm_head.weight":
@@ -364,22 +445,56 @@ def test_probe_mode_weights_from_the_lm_head_and_one_weighted_backward(tmp_path)
         start += p.numel()
     info = record.infos[0]
     assert (info.norms > 0).all()
-    torch.testing.assert_close(info.gram, J[:, head] @ J[:, head].T, rtol=1e-4, atol=1e-9)
-    expected = info.weights @ J
-    assert (record.grads[0] - expected).norm() <= 1e-2 * expected.norm()
+    scale = info.norms.max().item() ** 2
+    torch.testing.assert_close(info.gram, P[:, head] @ P[:, head].T, rtol=1e-5, atol=1e-6 * scale)
+    assert relative_error(record.grads[0], info.weights @ P + r) < 1e-5
 
 
-def test_zero_advantage_reward_gets_weight_zero_and_training_goes_on(tmp_path):
-    trainer, _ = make_trainer(tmp_path, [length_reward, constant_reward], steps=2)
+@pytest.mark.parametrize("weighting", [mogd.MGDA(), mogd.GAPO(p=1)], ids=repr)
+def test_a_reward_without_signal_gets_weight_zero_at_every_step(tmp_path, weighting):
+    """[happy, flat] at β = 0.05 with an entropy bonus and TRL's default bf16: the flat reward's
+    advantages are 0, so its policy gradient is exactly 0 and it gets weight 0 at every step; the
+    regularizer is the same update term whatever the weights (before the split, the flat reward's
+    gradient was the regularizer's: MGDA gave it weight 1, GAPO weights up to 1e8)."""
+    config = {"beta": 0.05, "bf16": True, **({"entropy_coef": 0.01} if HAS_ENTROPY_BONUS else {})}
+    trainer, record = make_trainer(
+        tmp_path, [positive_reward, flat_reward], steps=4, weighting=weighting, config=config
+    )
     before = [p.detach().clone() for p in trainer.model.parameters()]
     trainer.train()
-    assert logged(trainer, "mogd/weight/constant_reward") == [0.0, 0.0]
-    assert logged(trainer, "mogd/norm/constant_reward") == [0.0, 0.0]
-    assert all(w > 0 for w in logged(trainer, "mogd/weight/length_reward"))
-    assert logged(trainer, "mogd/skipped") == [0.0, 0.0]
+    assert len(record.infos) == 4
+    for info in record.infos:
+        assert not info.skipped
+        assert info.weights[1].item() == 0.0 and info.norms[1].item() == 0.0
+        if info.norms[0] > 0:
+            assert info.weights[0] > 0
+    assert logged(trainer, "frac_reward_zero_std/flat_reward") == [1.0] * 4
+    assert logged(trainer, "advantage_std/flat_reward") == [0.0] * 4
+    regularizer = logged(trainer, "mogd/regularizer_norm")
+    assert len(regularizer) == 4 and all(n > 0 for n in regularizer[1:])  # KL is 0 at step 1
     assert any(
         not torch.equal(a, b) for a, b in zip(before, trainer.model.parameters(), strict=True)
     )
+
+
+def test_logs_describe_each_objective_not_trls_sum(tmp_path):
+    """Rewards r and -r: both carry signal (frac_reward_zero_std/<name> < 1), while TRL's weighted
+    sum is 0 for every completion (sum/frac_reward_zero_std = 1); the completions table holds each
+    objective's advantages, and TRL's summed one as NaN."""
+    trainer, _ = make_trainer(
+        tmp_path, [length_reward, negative_length_reward], steps=2, config={"log_completions": True}
+    )
+    trainer.train()
+    assert logged(trainer, "sum/frac_reward_zero_std") == [1.0, 1.0]
+    ours = logged(trainer, "frac_reward_zero_std/length_reward")
+    assert ours == logged(trainer, "frac_reward_zero_std/negative_length_reward")
+    assert all(f < 1 for f in ours)
+    assert all(s > 0 for s in logged(trainer, "advantage_std/length_reward"))
+    table = trainer._logs
+    assert all(math.isnan(a) for a in table["advantages"])
+    a, b = (np.array(table["extra"][f"advantage/{n}"]) for n in trainer.objective_names)
+    assert len(a) == len(table["prompt"]) and np.abs(a).max() > 0
+    np.testing.assert_allclose(a, -b)
 
 
 def test_max_grad_norm_clips_the_combined_direction(tmp_path):
@@ -464,7 +579,115 @@ def test_evaluation_is_stock_grpo_evaluation(tmp_path):
     assert math.isfinite(losses[0]) and losses[1] == losses[0]
 
 
-# -- arguments ------------------------------------------------------------------------------------
+# -- TRL's loss, split -----------------------------------------------------------------------------
+
+LOSS_TYPES = ["grpo", "bnpo", "dr_grpo", "dapo", "cispo", "sapo", "luspo", "vespo"]
+
+
+def test_trl_contract_is_checked(monkeypatch):
+    """The TRL interface the split relies on is checked when a trainer is built: a TRL whose
+    GRPOTrainer._compute_loss takes other arguments, or no longer reads inputs["advantages"],
+    is refused by name instead of training on a wrong split."""
+    check_trl_contract()
+
+    def other_signature(self, model, inputs, advantages):
+        return inputs["advantages"]
+
+    def no_advantages(self, model, inputs):
+        return inputs["rewards"]
+
+    for replacement in (other_signature, no_advantages):
+        monkeypatch.setattr(trl.GRPOTrainer, "_compute_loss", replacement)
+        with pytest.raises(ImportError, match="_compute_loss"):
+            check_trl_contract()
+
+
+@pytest.mark.parametrize("loss_type", LOSS_TYPES)
+def test_split_adds_up_to_stock_trl_loss(tmp_path, loss_type):
+    """The guard on TRL's _compute_loss contract (what lets the trl extra go without an upper pin):
+    on one batch, one step away from the reference (so that KL and its gradient are not 0), for
+    every loss_type this TRL has, with β·KL and an entropy bonus:
+    P(A) + R is stock TRL's loss on A, value and gradient; P(0) has a gradient of exactly 0.
+    A TRL that adds a term beside the policy gradient without a switch here, or makes the policy
+    term nonlinear in A, fails this test."""
+    try:
+        trainer, _ = make_trainer(
+            tmp_path,
+            [length_reward],
+            weighting=mogd.Linear,
+            config={**REGULARIZED, "loss_type": loss_type},
+        )
+    except ValueError as err:
+        pytest.skip(f"TRL {trl.__version__} has no loss_type {loss_type!r}: {err}")
+    trainer.train()
+    model = trainer.model
+    inputs = trainer._prepare_inputs(next(iter(trainer.get_train_dataloader())))
+    columns = inputs["objective_advantages"]
+    assert columns.abs().max() > 0
+    params = [p for p in model.parameters() if p.requires_grad]
+
+    def gradient(loss):
+        grads = torch.autograd.grad(loss, params, allow_unused=True)
+        return torch.cat(
+            [
+                (torch.zeros_like(p) if g is None else g).double().reshape(-1)
+                for p, g in zip(params, grads, strict=True)
+            ]
+        )
+
+    stock = trl.GRPOTrainer.compute_loss(trainer, model, {**inputs, "advantages": columns[:, 0]})
+    (policy,), regularizer = trainer.split_losses(model, inputs)
+    torch.testing.assert_close(policy + regularizer, stock, rtol=1e-5, atol=1e-7)
+    want = gradient(stock)
+    assert gradient(regularizer).norm() > 0
+    (policy,), regularizer = trainer.split_losses(model, inputs)
+    assert relative_error(gradient(policy + regularizer), want) < 1e-5
+    (zero,), _ = trainer.split_losses(model, {**inputs, "objective_advantages": 0 * columns})
+    assert gradient(zero).abs().max() == 0
+
+
+# -- objectives and reward weights ----------------------------------------------------------------
+
+
+def test_objectives_group_reward_functions(tmp_path):
+    """objectives= sums a group's rewards with their reward_weights before normalising: one objective
+    of [length, positive] with weights [2, 1] under Linear([1]) is stock GRPO on that weighted sum."""
+    config = {**REGULARIZED, "reward_weights": [2.0, 1.0]}
+    common = {"steps": 1, "accumulation": 2, "sgd_lr": 0.1, "config": config}
+    rewards = [length_reward, positive_reward]
+    stock, stock_record = make_trainer(tmp_path / "stock", rewards, cls=trl.GRPOTrainer, **common)
+    stock.train()
+    ours, record = make_trainer(
+        tmp_path / "ours",
+        rewards,
+        weighting=mogd.Linear([1.0]),
+        objectives={"quality": ["length_reward", 1]},
+        **common,
+    )
+    ours.train()
+    assert ours.objective_names == ["quality"]
+    assert len(logged(ours, "mogd/weight/quality")) == 1
+    assert len(logged(ours, "frac_reward_zero_std/quality")) == 1
+    assert relative_error(record.grads[0], stock_record.grads[0]) < 1e-5
+
+
+def test_a_zero_reward_weight_means_monitor_only(tmp_path):
+    """reward_weights [1, 0] under GAPO: positive_reward is scored and logged but is no objective;
+    the step is that of length_reward alone (k = 1: the inner optimizer's step on stock GRPO's
+    gradient, DESIGN §1)."""
+    common = {"steps": 1, "sgd_lr": 0.1}
+    ours, record = make_trainer(
+        tmp_path / "ours",
+        [length_reward, positive_reward],
+        config={"reward_weights": [1.0, 0.0]},
+        **common,
+    )
+    ours.train()
+    assert ours.objective_names == ["length_reward"]
+    assert len(logged(ours, "rewards/positive_reward/mean")) == 1
+    assert not logged(ours, "mogd/weight/positive_reward")
+    (g,) = stock_gradients(tmp_path, [length_reward], **common)
+    assert relative_error(record.grads[0], g) < 1e-5
 
 
 def test_reward_weights_become_the_preference(tmp_path):
@@ -477,26 +700,71 @@ def test_reward_weights_become_the_preference(tmp_path):
         tmp_path, [length_reward, positive_reward], weighting=mogd.Linear, config=config
     )
     assert repr(trainer.weighting) == "Linear(weights=[3.0, 1.0])"
-    agreeing = mogd.PGAPO([6.0, 2.0])
     trainer, _ = make_trainer(
-        tmp_path, [length_reward, positive_reward], weighting=agreeing, config=config
+        tmp_path,
+        [length_reward, positive_reward, constant_reward],
+        weighting=mogd.PGAPO,
+        config={"reward_weights": [3.0, 1.0, 0.0]},
     )
-    assert trainer.weighting is agreeing
+    assert repr(trainer.weighting) == "PGAPO(preference=[0.75, 0.25])"
+    assert trainer.objective_names == ["length_reward", "positive_reward"]
+
+
+# -- arguments ------------------------------------------------------------------------------------
+
+AGGREGATION = "multi_objective_aggregation" in trl.GRPOConfig.__dataclass_fields__
 
 
 @pytest.mark.parametrize(
     ("weighting", "config", "error", "match"),
     [
-        (None, {"reward_weights": [2.0, 1.0]}, ValueError, "mogd.PGAPO"),
-        (mogd.Linear([1.0, 1.0]), {"reward_weights": [2.0, 1.0]}, ValueError, "disagree"),
-        (mogd.PGAPO([1.0, 1.0, 1.0]), {}, ValueError, "3 entries but there are 2"),
+        (None, {"reward_weights": [2.0, 1.0]}, ValueError, "alone in its objective"),
+        (mogd.Linear([1.0, 1.0]), {"reward_weights": [2.0, 1.0]}, ValueError, "alone in its"),
+        (mogd.PGAPO([1.0, 1.0, 1.0]), {}, ValueError, "3 entries but there are 2 objectives"),
         (mogd.PGAPO, {"reward_weights": [1.0, -1.0]}, ValueError, "reward_weights"),
+        (None, {"reward_weights": [0.0, 0.0]}, ValueError, "nothing to train on"),
         ("gapo", {}, TypeError, "weighting must be"),
+        pytest.param(
+            None,
+            {"multi_objective_aggregation": "normalize_then_sum"},
+            ValueError,
+            'weighting="sum"',
+            marks=pytest.mark.skipif(not AGGREGATION, reason="TRL without aggregation modes"),
+        ),
     ],
 )
 def test_bad_weighting_arguments_are_refused(tmp_path, weighting, config, error, match):
     with pytest.raises(error, match=match):
         make_trainer(tmp_path, [length_reward, positive_reward], weighting=weighting, config=config)
+
+
+@pytest.mark.skipif(not AGGREGATION, reason="TRL without aggregation modes")
+def test_sum_takes_trls_aggregation(tmp_path):
+    config = {"multi_objective_aggregation": "normalize_then_sum"}
+    trainer, _ = make_trainer(
+        tmp_path, [length_reward, positive_reward], weighting="sum", config=config
+    )
+    trainer.train()
+    assert len(logged(trainer, "loss")) == 1
+    with pytest.raises(ValueError, match="stock TRL GRPO"):
+        make_trainer(tmp_path, [length_reward, positive_reward], weighting="sum", probe="lm_head")
+
+
+@pytest.mark.parametrize(
+    ("objectives", "kwargs", "error", "match"),
+    [
+        ({"q": ["length_reward", "nope"]}, {}, ValueError, "no reward function named 'nope'"),
+        ({"a": 0, "b": [0, 1]}, {}, ValueError, "in objectives 'a' and 'b'"),
+        ({"a": "length_reward"}, {}, ValueError, r"\['positive_reward'\] are in no objective"),
+        ({"a": 5, "b": 1}, {}, ValueError, "out of range"),
+        ([("a", 0)], {}, TypeError, "mapping"),
+        ({"a": [0, 1]}, {"weighting": mogd.PGAPO}, ValueError, "group several"),
+        ({"a": [0, 1]}, {"config": {"reward_weights": [1.0, 0.0]}}, ValueError, "monitor-only"),
+    ],
+)
+def test_bad_objectives_are_refused(tmp_path, objectives, kwargs, error, match):
+    with pytest.raises(error, match=match):
+        make_trainer(tmp_path, [length_reward, positive_reward], objectives=objectives, **kwargs)
 
 
 def test_bad_probe_arguments_are_refused(tmp_path):

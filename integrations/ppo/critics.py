@@ -12,14 +12,13 @@ also keeps its reward and cost critics apart from the actor):
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 from torch import nn
+from transformers import PreTrainedModel
 
-from .common import Setup
-from .config import PRESETS, Config
-from .methods import Plan
+from .options import CriticInit
 from .sampling import positions
 
 
@@ -60,7 +59,8 @@ class Critic(nn.Module):
 
 class ScoreCritics(nn.Module):
     """One critic per stream, each initialised from its objective's score model
-    (``--critic-init score``, built by :func:`integrations.paper.build_score_critics`)."""
+    (``--critic-init score``; the paper world builds them: :func:`.build_critic`'s
+    ``score_critics``)."""
 
     def __init__(self, critics: Sequence[nn.Module]) -> None:
         super().__init__()
@@ -76,21 +76,31 @@ class ScoreCritics(nn.Module):
         return torch.stack([c(ids, attn)[:, prompt_len - 1 : -1] for c in self.critics])
 
 
-def build_critic(cfg: Config, setup: Setup, plan: Plan, device: str) -> nn.Module:
-    """The critic of ``cfg.critic_init`` with one value per stream of ``plan``."""
-    policy = setup.policy
-    if cfg.critic_init == "score":  # validate() allows it on the paper preset only
-        from .paper import build_score_critics  # loads 7B score models: only when asked
+def build_critic(
+    kind: CriticInit,
+    policy: PreTrainedModel,
+    streams: Sequence[str],
+    device: str,
+    score_critics: Mapping[str, nn.Module] | None = None,
+) -> nn.Module:
+    """The critic of ``--critic-init kind`` with one value per stream (in ``streams``' order).
 
-        critics = build_score_critics(cfg, setup)
-        order = [name for name, _ in PRESETS[cfg.preset].objectives]
-        critic: nn.Module = ScoreCritics([critics[order.index(name)] for name in plan.streams])
+    ``score``: ``score_critics`` holds one critic per objective name, initialised from its
+    score model by the world (the paper's); ``copy`` and ``head`` are built from ``policy``.
+    """
+    if kind == "score":
+        if score_critics is None or any(name not in score_critics for name in streams):
+            raise ValueError(
+                f"--critic-init score needs a critic per stream {list(streams)}; "
+                f"the world built {list(score_critics or {})}"
+            )
+        critic: nn.Module = ScoreCritics([score_critics[name] for name in streams])
     else:
         trunk = None
-        if cfg.critic_init == "copy":
+        if kind == "copy":
             trunk = copy.deepcopy(policy.get_decoder())
             trunk.requires_grad_(True)
-        critic = Critic(trunk, policy.config.hidden_size, len(plan.streams)).to(device)
+        critic = Critic(trunk, policy.config.hidden_size, len(streams)).to(device)
     disable_dropout(critic)
     return critic
 

@@ -6,9 +6,10 @@ the loop, the dry run's memory plan, sweeps).
   per-objective gradients with GAPO(p) (paper Eq. 6-7), MGDA or P-GAPO(λ) (Eq. 8).
 - morlhf: PPO on the linearly scalarised reward Σ_i c_i r_i (one stream, one loss).
 - fast-rl: PPO on Σ_i w_i r_i with reward weights w updated by mirror descent between policy
-  updates (Li et al., EMNLP 2024; :class:`RewardWeights`).
+  updates (Li et al., EMNLP 2024; :class:`~.multipliers.RewardWeights`).
 - ppo-h / ppo-s: PPO on the helpful / harmless objective alone.
-- safe-rlhf: PPO-Lagrangian, one loss on the combined reward-minus-λ·cost advantage.
+- safe-rlhf: PPO-Lagrangian, one loss on the combined reward-minus-λ·cost advantage
+  (:class:`~.multipliers.Lagrangian`).
 
 The single-loss methods run through MOGD with k = 1 and ``mogd.Linear([1])``, which is the inner
 optimizer exactly, so every method shares one update path.
@@ -24,7 +25,7 @@ import torch
 
 import mogd
 
-from .common import Scorer
+from ..worlds.base import Scorer
 
 Method = Literal["gapo", "mgda", "pgapo", "morlhf", "fast-rl", "ppo-h", "ppo-s", "safe-rlhf"]
 Update = Literal["rescaled", "raw"]
@@ -122,43 +123,3 @@ def make_plan(
             f"--objectives {' '.join(names)} gives kinds {[s.kind for s in scorers]}"
         )
     return Plan(names, eye, spec.loss, weighting, rewards, costs)
-
-
-class RewardWeights:
-    """Fast RL's reward weights: Li et al., "Optimizing Language Models with Fair and Stable
-    Reward Composition in Reinforcement Learning", EMNLP 2024 (the GAPO paper's Table 1 "Fast
-    RL" baseline).
-
-    The policy maximises the dynamic weighted sum Σ_i w_i r_i, and w (on the simplex, started
-    at uniform, ½/½ for two objectives) and the policy are updated in turn. Li et al. update w
-    by mirror descent rather than by gradients through the policy: here the entropic mirror
-    (exponentiated-gradient) step on min_w Σ_i w_i r̄_i, which moves weight to the objectives
-    that lag, the fairness their method is after:
-
-        w_i ← w_i exp(−η r̄_i) / Σ_j w_j exp(−η r̄_j),
-
-    r̄_i the mean reward of objective i (R, or −C) over the iteration's batch, η = --weight-lr.
-    """
-
-    def __init__(self, k: int, lr: float) -> None:
-        if k < 1 or not lr > 0:
-            raise ValueError(f"RewardWeights needs k >= 1 and lr > 0; got k={k}, lr={lr}")
-        self.lr = lr
-        self.weights = torch.full((k,), 1.0 / k, dtype=torch.float64)
-
-    def update(self, mean_rewards: torch.Tensor) -> torch.Tensor:
-        """One mirror-descent step from the batch's mean rewards ``[k]``; returns the new w."""
-        if mean_rewards.shape != self.weights.shape or not torch.isfinite(mean_rewards).all():
-            raise ValueError(f"mean_rewards must be {len(self.weights)} finite numbers")
-        logits = self.weights.log() - self.lr * mean_rewards.to(torch.float64)
-        self.weights = torch.softmax(logits, 0)
-        return self.weights
-
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        return {"weights": self.weights.clone()}
-
-    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        self.weights = state["weights"].to(torch.float64).clone()
-
-    def __repr__(self) -> str:
-        return f"RewardWeights(weights={self.weights.tolist()}, lr={self.lr})"

@@ -12,8 +12,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from .common import Scorer, Setup
-from .config import Config
+from ..worlds.base import Scorer, Setup
+from .options import RolloutOptions
 from .sampling import Decoding, positions, response_logprobs, sample
 
 
@@ -37,10 +37,10 @@ def epoch_order(seed: int, epoch: int, n: int) -> list[int]:
     return np.random.default_rng([seed, epoch]).permutation(n).tolist()
 
 
-def decoding(cfg: Config) -> Decoding:
-    """The sampling distribution of ``cfg`` (temperature, top-p, repetition penalty)."""
+def decoding(opts: RolloutOptions) -> Decoding:
+    """The sampling distribution of the rollouts (temperature, top-p, repetition penalty)."""
     return Decoding(
-        temperature=cfg.temperature, top_p=cfg.top_p, repetition_penalty=cfg.repetition_penalty
+        temperature=opts.temperature, top_p=opts.top_p, repetition_penalty=opts.repetition_penalty
     )
 
 
@@ -56,7 +56,7 @@ def forward_response(
     the last hidden states ``[B, T, H]`` of the states that emit them.
 
     The log-probs are those of the distribution the tokens were sampled from (repetition
-    penalty, temperature, top-p: :func:`integrations.sampling.response_logprobs`), so the PPO
+    penalty, temperature, top-p: :func:`.sampling.response_logprobs`), so the PPO
     ratio is one of sampling probabilities; the logits are divided by the temperature only
     (for the entropy bonus).
     """
@@ -92,10 +92,10 @@ def _all_ranks_done(done: torch.Tensor) -> bool:
 
 
 @torch.no_grad()
-def generate(setup: Setup, model: nn.Module, prompts: list[str], cfg: Config) -> Rollout:
+def generate(setup: Setup, model: nn.Module, prompts: list[str], opts: RolloutOptions) -> Rollout:
     """Sample one response per prompt with the lean KV-cache loop of
-    :mod:`integrations.sampling` (``generate``'s distribution: temperature, top-p, repetition
-    penalty; at most ``max_new_tokens``)."""
+    :mod:`.sampling` (``generate``'s distribution: temperature, top-p, repetition
+    penalty; at most ``--max-new-tokens``)."""
     tok = setup.tokenizer
     enc = tok([setup.format_prompt(p) for p in prompts], return_tensors="pt", padding=True)
     enc = enc.to(next(model.parameters()).device)
@@ -103,10 +103,10 @@ def generate(setup: Setup, model: nn.Module, prompts: list[str], cfg: Config) ->
         model,  # type: ignore[arg-type]  # a transformers causal LM
         enc["input_ids"],
         enc["attention_mask"],
-        max_new_tokens=cfg.max_new_tokens,
+        max_new_tokens=opts.max_new_tokens,
         eos_token_id=tok.eos_token_id,
         pad_token_id=tok.pad_token_id,
-        decoding=decoding(cfg),
+        decoding=decoding(opts),
         all_done=_all_ranks_done,
     )
     texts = tok.batch_decode(out.ids[:, out.prompt_len :], skip_special_tokens=True)

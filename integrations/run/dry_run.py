@@ -1,19 +1,16 @@
 """``--dry-run``: parameter counts and the per-GPU memory plan of a run, from model configs only
-(no weights loaded). :func:`dry_run_plan` returns the plan as data (the ``plan`` of
+(no weights loaded; the paper world's arithmetic is :mod:`integrations.worlds.paper.memory`). :func:`dry_run_plan` returns the plan as data (the ``plan`` of
 ``--dry-run --json``); :func:`format_plan` prints the paper preset's table."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 from pathlib import Path
 from typing import Any, Literal
 
-from .config import PAPER, Config, fsdp_enabled, objective_names
-from .methods import objective_count
-from .paper import objective_models, quantization
-from .paper_plan import (
+from ..ppo.methods import objective_count
+from ..worlds.paper.memory import (
     PUBLISHED_CONFIGS,
     ModelShape,
     gib,
@@ -21,6 +18,8 @@ from .paper_plan import (
     memory_plan,
     shape_from_config,
 )
+from .config import PAPER, Config, fsdp_enabled
+from .presets import objective_names
 
 NOTE = (
     "trained weights are fp32 masters with fp32 gradients and AdamW moments (bf16 compute: "
@@ -40,7 +39,7 @@ def model_shape(name_or_path: str, option: str) -> tuple[ModelShape, str]:
         return shape_from_config(PUBLISHED_CONFIGS[name_or_path]), "published config (built in)"
     from transformers import AutoConfig
 
-    from .paper_models import resolve_pretrained
+    from ..worlds.paper.models import resolve_pretrained
 
     local = resolve_pretrained(name_or_path, option=option)  # config only is read, no weights
     return shape_from_config(AutoConfig.from_pretrained(local)), f"{name_or_path} (hub config)"
@@ -49,27 +48,32 @@ def model_shape(name_or_path: str, option: str) -> tuple[ModelShape, str]:
 def dry_run_plan(cfg: Config) -> dict[str, Any]:
     """Parameter counts (policy, scorers, MOGD's k and probe) and, for the paper preset, the
     per-GPU memory of each component under DDP and FSDP2 (bytes, and GiB in ``total_gib``)."""
-    k = objective_count(cfg.method, len(objective_names(cfg)))
-    probe = None if cfg.probe == "full" else cfg.probe
-    world = cfg.world_size or int(os.environ.get("WORLD_SIZE", "1"))
-    if cfg.preset not in PAPER:
-        from .tiny import MODEL_CONFIG, VOCAB_SIZE
+    algo, paper = cfg.algorithm, cfg.paper
+    k = objective_count(algo.method, len(objective_names(cfg)))
+    probe = None if algo.probe == "full" else algo.probe
+    world = paper.world_size or int(os.environ.get("WORLD_SIZE", "1"))
+    if cfg.run.preset not in PAPER:
+        from ..worlds.tiny.setup import MODEL_CONFIG, VOCAB_SIZE
 
         shape = shape_from_config({**MODEL_CONFIG, "vocab_size": VOCAB_SIZE})
         n = shape.causal_lm_params()
         return {
             "world_size": world,
-            "policy": {"parameters": n, "trainable": n, "source": "integrations/tiny.py"},
-            "mogd": {"k": k, "probe": cfg.probe, "bank_elements": k * _bank(shape, probe, n)},
-            "critic_init": cfg.critic_init,
+            "policy": {
+                "parameters": n,
+                "trainable": n,
+                "source": "integrations/worlds/tiny/setup.py",
+            },
+            "mogd": {"k": k, "probe": algo.probe, "bank_elements": k * _bank(shape, probe, n)},
+            "critic_init": algo.critic_init,
         }
-    policy, policy_src = model_shape(cfg.policy, "--policy")
+    policy, policy_src = model_shape(paper.policy, "--policy")
     total = policy.causal_lm_params()
-    trainable = lora_param_count(policy, cfg.lora_r) if cfg.lora_r > 0 else total
-    quant: Literal["bf16", "8bit", "4bit"] = quantization(cfg) or "bf16"
+    trainable = lora_param_count(policy, paper.lora_r) if paper.lora_r > 0 else total
+    quant: Literal["bf16", "8bit", "4bit"] = paper.quantization or "bf16"
     scorers = []
     shapes = []
-    for name, kind, model_id, option in objective_models(cfg):
+    for name, kind, model_id, option in paper.objective_models():
         shape, src = model_shape(model_id, option)
         shapes.append(shape)
         scorers.append(
@@ -85,7 +89,7 @@ def dry_run_plan(cfg: Config) -> dict[str, Any]:
     memory: dict[str, Any] = {}
     # FSDP2 shards full fine-tuning only; LoRA trains replicated
     shardings: tuple[Literal["ddp", "fsdp2"], ...] = (
-        ("ddp",) if cfg.lora_r > 0 else ("ddp", "fsdp2")
+        ("ddp",) if paper.lora_r > 0 else ("ddp", "fsdp2")
     )
     for sharding in shardings:
         plan = memory_plan(
@@ -93,17 +97,17 @@ def dry_run_plan(cfg: Config) -> dict[str, Any]:
             shapes,
             world_size=world,
             sharding=sharding,
-            lora_r=cfg.lora_r,
+            lora_r=paper.lora_r,
             probe=probe,
             k=k,
-            critic_init=cfg.critic_init,
+            critic_init=algo.critic_init,
             quant=quant,
-            precision=cfg.precision,
-            micro_batch=cfg.micro_batch_size or cfg.minibatch_size * cfg.grad_accum,
-            rollout_batch=cfg.batch_size * cfg.grad_accum,
-            seq_len=cfg.seq_len,
-            response_len=min(cfg.max_new_tokens, cfg.seq_len),
-            gradient_checkpointing=cfg.gradient_checkpointing,
+            precision=cfg.engine.precision,
+            micro_batch=cfg.batch.micro_batch_size or cfg.batch.update_size,
+            rollout_batch=cfg.batch.rollout_size,
+            seq_len=paper.seq_len,
+            response_len=min(cfg.rollout.max_new_tokens, paper.seq_len),
+            gradient_checkpointing=paper.gradient_checkpointing,
         )
         memory[sharding] = {
             "bytes": dict(plan.entries),
@@ -114,19 +118,19 @@ def dry_run_plan(cfg: Config) -> dict[str, Any]:
         "world_size": world,
         "sharding": "fsdp2" if fsdp_enabled(cfg, world) else "ddp",
         "policy": {
-            "model": cfg.policy,
+            "model": paper.policy,
             "source": policy_src,
             "parameters": total,
             "trainable": trainable,
-            "lora_r": cfg.lora_r,
+            "lora_r": paper.lora_r,
         },
         "mogd": {
             "k": k,
-            "probe": cfg.probe,
+            "probe": algo.probe,
             "bank_elements": k * _bank(policy, probe, trainable),
         },
         "scorers": scorers,
-        "critic_init": cfg.critic_init,
+        "critic_init": algo.critic_init,
         "memory": memory,
     }
 
@@ -185,10 +189,10 @@ def format_plan(plan: dict[str, Any]) -> str:
 
 def dry_run(cfg: Config) -> str:
     """What --dry-run prints: the preset's parameter counts and memory plan, no weights loaded;
-    with --json one object {"config": every Config field, "plan": ...}."""
+    with --json one object {"config": every option (the flat form of config.json), "plan": ...}."""
     plan = dry_run_plan(cfg)
-    if cfg.json:
-        return json.dumps({"config": dataclasses.asdict(cfg), "plan": plan}, indent=2)
-    if cfg.preset == "tiny":  # the tiny preset's plan is its configuration
-        return json.dumps(dataclasses.asdict(cfg), indent=2)
+    if cfg.run.json:
+        return json.dumps({"config": cfg.flat(), "plan": plan}, indent=2)
+    if cfg.run.preset == "tiny":  # the tiny preset's plan is its configuration
+        return json.dumps(cfg.flat(), indent=2)
     return format_plan(plan)

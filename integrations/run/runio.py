@@ -4,7 +4,6 @@ at the end, ``policy/`` (Hugging Face format) and, with LoRA, ``adapter/``."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import warnings
@@ -22,12 +21,13 @@ from torch.distributed.checkpoint.state_dict import (
     set_optimizer_state_dict,
 )
 
-from . import checkpoint, ppo
-from .common import Scorer, Setup
+from ..ppo.methods import Plan
+from ..ppo.multipliers import Lagrangian, RewardWeights
+from ..ppo.rollout import harmless_ratio, objective_rewards
+from ..worlds.base import Scorer, Setup
+from . import checkpoint
 from .config import Config, config_hash
 from .dist import Dist, seed_everything
-from .methods import Plan, RewardWeights
-from .rollout import harmless_ratio, objective_rewards
 from .sharding import is_sharded_model
 
 CHECKPOINTS = "checkpoints"
@@ -41,7 +41,8 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 
 def write_config(out: Path, cfg: Config) -> None:
-    atomic_write_text(out / "config.json", json.dumps(dataclasses.asdict(cfg), indent=2))
+    """``config.json``: the flat JSON form of ``cfg`` (one key per option)."""
+    atomic_write_text(out / "config.json", json.dumps(cfg.flat(), indent=2))
 
 
 def write_eval(path: Path, result: dict[str, Any]) -> None:
@@ -51,10 +52,11 @@ def write_eval(path: Path, result: dict[str, Any]) -> None:
 def open_run(cfg: Config) -> dict[str, Any] | None:
     """Check the run directory before anything loads: the checkpoint to resume from (read and
     verified), or None for a fresh run, whose --out must not hold one. Raises ValueError."""
-    cfg.out = cfg.out or f"runs/{cfg.preset}-{cfg.method}-seed{cfg.seed}"
-    out = Path(cfg.out)
-    if cfg.resume:
-        return load_checkpoint(out, cfg)
+    run = cfg.run
+    run.out = run.out or f"runs/{run.preset}-{cfg.algorithm.method}-seed{run.seed}"
+    out = Path(run.out)
+    if run.resume:
+        return load_checkpoint(out, config_hash(cfg))
     if has_checkpoint(out):
         raise ValueError(
             f"--out {out} already holds a run; continue it with --resume {out} or "
@@ -64,7 +66,7 @@ def open_run(cfg: Config) -> dict[str, Any] | None:
 
 
 # ----------------------------------------------------------------------------- checkpoints
-# Sharded DCP checkpoints in OUT/checkpoints/step-NNNNNNNN/ (integrations/checkpoint.py): tensors
+# Sharded DCP checkpoints in OUT/checkpoints/step-NNNNNNNN/ (:mod:`.checkpoint`): tensors
 # (trainable policy weights, critic, both optimizers' states, Fast RL's reward weights) through
 # torch.distributed.checkpoint, the rest (schedule, multipliers, MOGD's own state) in meta.json.
 
@@ -96,23 +98,23 @@ def _tensor_state(
 
 def save_checkpoint(
     out: Path,
-    cfg: Config,
+    config_hash: str,
     step: int,
     policy: nn.Module,
     critic: nn.Module,
     opt: Any,
     sched: Any,
     critic_opt: torch.optim.Optimizer,
-    lagrangians: list[ppo.Lagrangian],
+    lagrangians: list[Lagrangian],
     d: Dist,
     reward_weights: RewardWeights | None = None,
 ) -> None:
     """Everything a bit-exact continuation needs, as one atomic checkpoint (every rank calls
     this): trainable policy weights, critic, MOGD's inner AdamW and the critic optimizer, LR
     schedule, multipliers, MOGD's own state, Fast RL's reward weights, every rank's RNG states,
-    step and config hash. Only the newest checkpoint is kept."""
+    step and ``config_hash`` (:func:`.config.config_hash`). Only the newest checkpoint is kept."""
     meta = {
-        "config_hash": config_hash(cfg),
+        "config_hash": config_hash,
         "scheduler": sched.state_dict(),
         "lagrangians": [lag.state_dict() for lag in lagrangians],
         "mogd": opt.own_state_dict(),
@@ -121,9 +123,10 @@ def save_checkpoint(
     checkpoint.save(Path(out) / CHECKPOINTS, step, state, meta)
 
 
-def load_checkpoint(out: Path, cfg: Config) -> dict[str, Any]:
+def load_checkpoint(out: Path, config_hash: str) -> dict[str, Any]:
     """Find and check the newest checkpoint before any model loads: its ``meta.json`` record plus
-    ``"path"``. Raises ValueError; writes nothing."""
+    ``"path"``; it must have been written by the configuration of hash ``config_hash``. Raises
+    ValueError; writes nothing."""
     path = checkpoint.latest_checkpoint(Path(out) / CHECKPOINTS)
     if path is None:
         raise ValueError(f"--resume {out}: no checkpoint in {out / CHECKPOINTS} (none saved yet)")
@@ -133,10 +136,10 @@ def load_checkpoint(out: Path, cfg: Config) -> dict[str, Any]:
         raise ValueError(
             f"--resume {out}: {path} is corrupt or unreadable ({err}); nothing was overwritten"
         ) from err
-    if meta.get("config_hash") != config_hash(cfg):
+    if meta.get("config_hash") != config_hash:
         raise ValueError(
             f"--resume {out}: {path} was written by another configuration (hash "
-            f"{meta.get('config_hash')} != {config_hash(cfg)} of config.json); nothing "
+            f"{meta.get('config_hash')} != {config_hash} of config.json); nothing "
             "was overwritten"
         )
     return {**meta, "path": str(path)}
@@ -179,7 +182,7 @@ def restore(
     opt: Any,
     sched: Any,
     critic_opt: torch.optim.Optimizer,
-    lagrangians: list[ppo.Lagrangian],
+    lagrangians: list[Lagrangian],
     d: Dist,
     reward_weights: RewardWeights | None = None,
 ) -> None:

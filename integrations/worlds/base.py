@@ -1,8 +1,8 @@
-"""Shared interface between the RLHF presets and the training loop.
+"""What a world gives the pipeline: the contract between the worlds and the loop.
 
-A preset (``integrations.tiny.build_tiny_setup``, ``integrations.paper.build_paper_setup``)
-returns a :class:`Setup`; the training loop in ``integrations/rlhf_mistral.py`` only talks to
-that object. Each objective of the multi-objective RLHF problem (paper App. B, Li et al. ACL
+A world (the tiny one: :func:`.tiny.setup.build_tiny_setup`; the paper's:
+:func:`.paper.setup.build_paper_setup`) returns a :class:`Setup`; the loop and its parts only
+talk to that object. This module imports nothing of the pipeline, so every layer may read it. Each objective of the multi-objective RLHF problem (paper App. B, Li et al. ACL
 2025, arXiv 2507.01915) is one :class:`Scorer`: a helpfulness reward model R and a
 harmlessness cost model C in the paper, any number of them here.
 """
@@ -61,19 +61,3 @@ class Setup:
     categories: dict[str, str] = field(default_factory=dict)
     # Table 1's further held-out columns, {name: raw requests} (mistral-7b: HH-RLHF test)
     eval_sets: dict[str, list[str]] = field(default_factory=dict)
-
-
-def find_module(model: torch.nn.Module, name: str, option: str = "probe") -> torch.nn.Module:
-    """The submodule called ``name`` (MOGD's probe), or the only one whose dotted name ends with
-    ``.name`` (wrappers such as peft's add prefixes); ``option`` names the setting in errors."""
-    named = dict(model.named_modules())
-    if name in named:
-        return named[name]
-    matches = [m for n, m in named.items() if n.endswith("." + name)]
-    if len(matches) != 1:
-        found = "no module" if not matches else f"{len(matches)} modules"
-        raise ValueError(
-            f"{option} {name!r}: the model has {found} of that name; name one of "
-            f"{[n for n in named if n][-3:]} (e.g. lm_head), or pass the module itself"
-        )
-    return matches[0]

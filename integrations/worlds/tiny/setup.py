@@ -1,6 +1,6 @@
 """The embedded default preset (``--preset tiny``): a CPU-sized world for multi-objective RLHF.
 
-Everything is built offline, from files shipped in ``integrations/data``:
+Everything is built offline, from files shipped in ``integrations/worlds/tiny/data``:
 
 - a byte-level BPE tokenizer trained in code on the corpus (so any text round-trips);
 - a small ``transformers.MistralForCausalLM`` (same architecture as the paper's Mistral-7B:
@@ -11,7 +11,7 @@ Everything is built offline, from files shipped in ``integrations/data``:
   refuse, paper §1, App. B) and improve both at once (towards the safe, helpful answers);
 - the prompts PPO trains and is evaluated on: every harmful request and every third benign one
   (about two thirds safety-relevant, as PKU-SafeRLHF's prompts are; :func:`rl_prompts`);
-- the two scorers of :mod:`integrations.scorers` (helpfulness reward, harmlessness cost).
+- the two scorers of :mod:`.scorers` (helpfulness reward, harmlessness cost).
 
 ``build_tiny_setup`` caches the tokenizer and the SFT policy under ``cache_dir``, keyed by a hash
 of everything that determines them (config, SFT settings, seed, corpus bytes), so later runs
@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import MistralConfig, MistralForCausalLM, PreTrainedTokenizerFast
 
-from .common import LOCAL_MODEL_KWARGS, Setup
+from ..base import LOCAL_MODEL_KWARGS, Setup
 from .scorers import (
     DATA_DIR,
     EmbeddingHelpfulness,
@@ -76,7 +76,7 @@ def format_prompt(request: str) -> str:
 
 
 def load_corpus(split: str) -> list[dict[str, Any]]:
-    """Rows of ``integrations/data/{split}.jsonl`` (``split`` is "train" or "eval")."""
+    """Rows of ``data/{split}.jsonl`` (``split`` is "train" or "eval")."""
     if split not in ("train", "eval"):
         raise ValueError(f"split must be 'train' or 'eval', got {split!r}")
     path = DATA_DIR / f"{split}.jsonl"
@@ -278,7 +278,7 @@ def build_tiny_setup(
     *,
     sft_steps: int | None = None,
 ) -> Setup:
-    """The tiny preset's :class:`~integrations.common.Setup`, built once then loaded from cache.
+    """The tiny preset's :class:`~integrations.worlds.base.Setup`, built once then loaded from cache.
 
     ``cache_dir/tiny-<hash>/`` holds ``tokenizer/``, ``policy/`` (the SFT model) and
     ``meta.json`` (parameters, SFT time and losses). The hash covers the model and SFT settings,
@@ -298,8 +298,8 @@ def build_tiny_setup(
     head = load_shipped_head()
     if head.meta.get("corpus_sha256") != corpus_sha256(DATA_DIR / "train.jsonl"):
         raise ValueError(
-            "integrations/data/helpful_head.json was fitted on another train.jsonl; refit it "
-            "with `python -m integrations.scorers --refit`"
+            "integrations/worlds/tiny/data/helpful_head.json was fitted on another train.jsonl; refit it "
+            "with `python -m integrations.worlds.tiny.scorers --refit`"
         )
 
     cache_root = Path(cache_dir)

@@ -4,8 +4,8 @@ Written for this project (Apache-2.0 like the rest of it): templates and word li
 expanded deterministically with a seeded ``random.Random``, so the shipped JSONL files can be
 regenerated bit for bit:
 
-    python integrations/data/make_corpus.py          # rewrite the two files
-    python integrations/data/make_corpus.py --check  # exit 1 if they differ from the generator
+    python integrations/worlds/tiny/data/make_corpus.py          # rewrite the two files
+    python integrations/worlds/tiny/data/make_corpus.py --check  # exit 1 if they differ from the generator
 
 Every line is ``{"prompt", "response", "category", "task", "label", "sft"}`` (``sft``: whether
 the tiny preset's supervised warm-up trains on the row):
