@@ -35,12 +35,8 @@ from transformers import (  # noqa: E402
 )
 
 import mogd  # noqa: E402
-from integrations.trl import (  # noqa: E402
-    STD_EPS,
-    MOGDGRPOTrainer,
-    check_trl_contract,
-    group_advantages,
-)
+from integrations.grpo import STD_EPS, check_trl_contract, group_advantages  # noqa: E402
+from integrations.trl import MOGDGRPOTrainer  # noqa: E402
 
 SPECIAL = ["<unk>", "<s>", "</s>", "<pad>"]
 WORDS = "yes no good bad the a cat dog sun moon red blue one two three four".split()
