@@ -1,7 +1,8 @@
 """Evaluation, preference sweeps, the method comparison of the GAPO paper (Table 1, Fig. 3) and
 a reward-model audit.
 
-    python integrations/evaluate.py evaluate --run runs/x          # a trained run
+    python integrations/evaluate.py evaluate --run-dir runs/x      # a trained run (or --run)
+    torchrun --nproc_per_node 8 integrations/evaluate.py evaluate --run-dir runs/x  # sharded
     python integrations/evaluate.py evaluate --sft --preset tiny   # the SFT policy itself
     python integrations/evaluate.py sweep --out runs/p [training options, e.g. --steps 40]
     python integrations/evaluate.py compare --out runs/p --seeds 0 1 2 [training options]
@@ -54,10 +55,11 @@ if __name__ == "__main__" and not __package__:
 
 from mogd.pareto import hypervolume, non_dominated
 
+from .ppo.methods import METHODS
 from .rlhf_mistral import train
 from .run import presets
 from .run.config import Config
-from .run.dist import seed_everything
+from .run.dist import close_distributed, current, seed_everything
 from .run.evaluations import check_same_run, evaluate, evaluate_run, evaluate_sft, evaluate_soup
 from .run.heldout import score_rows
 from .run.parse import parse_config
@@ -67,6 +69,8 @@ from .run.report import (
     plot_front,
     point,
     reference_point,
+    significance,
+    significance_markdown,
     summarise,
     table_row,
     write_csv,
@@ -93,6 +97,16 @@ COMPARE_METHODS: tuple[tuple[str, dict[str, Any]], ...] = (
 
 
 # ----------------------------------------------------------------------------- training runs
+
+
+def for_method(cfg: Config) -> Config:
+    """``cfg`` with the critic its method can have: a scalarised method (morlhf, fast-rl) has no
+    score model per stream, so the paper preset's ``score`` critics become heads on the policy's
+    features (as :func:`~integrations.run.parse.make_config` does for one run)."""
+    scalarised = METHODS[cfg.algorithm.method].streams == "scalarised"
+    if scalarised and cfg.algorithm.critic_init == "score" and cfg.ppo.advantage == "gae":
+        return cfg.replace(critic_init="head")
+    return cfg
 
 
 def train_and_evaluate(cfg: Config) -> dict[str, Any]:
@@ -132,7 +146,7 @@ def sweep(base: Config, out: Path, lambdas: Sequence[float] = SWEEP_LAMBDAS) -> 
     seed = base.run.seed
 
     def run(label: str, **options: Any) -> Config:
-        cfg = base.replace(out=str(out / f"{label}-seed{seed}"), **options)
+        cfg = for_method(base.replace(out=str(out / f"{label}-seed{seed}"), **options))
         validate(cfg)
         return cfg
 
@@ -192,27 +206,30 @@ def sweep(base: Config, out: Path, lambdas: Sequence[float] = SWEEP_LAMBDAS) -> 
 
 def compare(base: Config, out: Path, seeds: Sequence[int]) -> dict[str, Any]:
     """Table 1: every method of :data:`COMPARE_METHODS` over ``seeds``; writes
-    ``out/compare.json`` (one flat row per method and seed, and the same per prompt group),
+    ``out/compare.json`` (one flat row per method and seed, and the same per prompt group; the
+    differences against SFT and MGDA with their standard errors under ``"significance"``),
     ``compare.md`` (mean ± standard error over seeds, non-dominated methods, hypervolume
-    contributions) and ``compare.csv``."""
+    contributions, the differences' table) and ``compare.csv``."""
     names = objective_names(base)
     rows: list[dict[str, Any]] = []
     groups: dict[str, list[dict[str, Any]]] = {}
     for label, options in COMPARE_METHODS:
         for seed in seeds:
             run = str(out / f"{label}-seed{seed}")
-            cfg = base.replace(seed=seed, preference=None, out=run, **options)
+            cfg = for_method(base.replace(seed=seed, preference=None, out=run, **options))
             validate(cfg)
             result = evaluate_sft(cfg, Path(run)) if not options else train_and_evaluate(cfg)
             rows.append(table_row(label, seed, result))
             for group, part in result.get("groups", {}).items():
                 groups.setdefault(group, []).append(table_row(label, seed, part))
-    summary = {"objectives": names, "rows": rows, "groups": groups}
+    summary: dict[str, Any] = {"objectives": names, "rows": rows, "groups": groups}
+    summary["significance"] = significance(summary)
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "compare.json", summary)
     table = summarise(summary)
     write_csv(out / "compare.csv", table)
-    atomic_write_text(out / "compare.md", markdown_table(table, summary))
+    text = markdown_table(table, summary) + significance_markdown(summary["significance"])
+    atomic_write_text(out / "compare.md", text)
     return summary
 
 
@@ -261,7 +278,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="Table 1 columns of one run or of the SFT policy",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    ev.add_argument("--run", help="run directory (holds config.json and checkpoints/)")
+    ev.add_argument(
+        "--run-dir",
+        "--run",
+        dest="run",
+        help="run directory (holds config.json and checkpoints/); under torchrun spell it "
+        "--run-dir (torchrun reads --run as its own --run-path)",
+    )
     ev.add_argument("--sft", action="store_true", help="evaluate the preset's SFT policy")
     ev.add_argument(
         "--eval-size",
@@ -305,17 +328,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "evaluate":
             if args.sft == (args.run is not None):
-                raise ValueError("evaluate: pass exactly one of --run DIR and --sft")
+                raise ValueError("evaluate: pass exactly one of --run-dir DIR and --sft")
             if args.run is not None:
                 if rest:
-                    raise ValueError(f"evaluate --run: unrecognised options {' '.join(rest)}")
+                    raise ValueError(f"evaluate --run-dir: unrecognised options {' '.join(rest)}")
                 result = evaluate_run(Path(args.run), args.eval_size)
             else:  # preset and decoding options as for training (--preset, --cache-dir, ...)
                 cfg = parse_config([*rest, "--no-progress"])
                 seed_everything(cfg.run.seed)
                 setup = presets.build_setup(cfg)
                 result = evaluate(cfg, setup, setup.policy, args.eval_size or cfg.eval.eval_size)
-            print(json.dumps(result, indent=2))
+            main = current().main  # under torchrun every rank holds the same result
+            close_distributed()
+            if main:
+                print(json.dumps(result, indent=2))
             return 0
         if args.command == "score":  # preset options as for training (--preset, --cache-dir)
             n = score_file(parse_config(rest), Path(args.src), Path(args.dst))

@@ -8,14 +8,16 @@
 
 :func:`train` builds the run (models, optimizers: integrations/run/learner.py) and then repeats
 one PPO iteration ("step"):
-  1-2. :func:`collect`: sample one response per prompt from the policy and score it with every
-       objective's scorer (reward R, or cost C -> reward -C);
+  1-2. :func:`collect`: sample --samples-per-prompt responses per prompt from the policy and
+       score them with every objective's scorer (reward R, or cost C -> reward -C);
   3.   :func:`advantages`: per-token KL shaping r̂_t = r_t − β(log π − log π_ref) in every stream,
-       GAE with one critic value per stream (integrations/ppo/advantages.py);
+       GAE with one critic value per stream, or (--advantage group, no critic) the score minus
+       the leave-one-out mean of the prompt's other samples (integrations/ppo/advantages.py);
   4-5. :func:`update`: one clipped PPO surrogate per objective; the policy update goes through
        mogd.MOGD, which turns the per-objective gradients into one direction (GAPO / MGDA /
        P-GAPO weights), each objective's gradient accumulated over --micro-batch-size
-       micro-batches; the critics regress the GAE returns (separate optimizer);
+       micro-batches; the critics regress the GAE returns (separate optimizer; none in group
+       mode);
   6.   :func:`log_step`: one metrics row; a checkpoint every --save-every iterations.
 At the end (:func:`finish`): plots, the held-out evaluation and the trained policy.
 
@@ -51,12 +53,13 @@ from torch.profiler import record_function
 from mogd.distributed import is_sharded
 
 from .ppo.accumulate import MicroBatch, accumulate_objectives, split
-from .ppo.advantages import sequence_kl, stream_advantages
+from .ppo.advantages import explained_variance, sequence_kl, stream_advantages
 from .ppo.gradient_signal import half_batch_cosines
 from .ppo.rollout import (
     Rollout,
     forward_response,
     generate,
+    group_indices,
     objective_rewards,
     prompt_indices,
     score,
@@ -71,6 +74,7 @@ from .run.dist import (
     gather,
     gather_rows,
     init_distributed,
+    on_main,
     resolve_device,
     seed_everything,
 )
@@ -119,6 +123,7 @@ class Advantages:
     mask: torch.Tensor
     advantages: list[torch.Tensor]
     returns: list[torch.Tensor]
+    explained: list[float]  # per stream, the critic's explained variance (none in group mode)
 
 
 def train(cfg: Config, resume_state: dict[str, Any] | None = None) -> Path:
@@ -134,10 +139,13 @@ def train(cfg: Config, resume_state: dict[str, Any] | None = None) -> Path:
     device = resolve_device(cfg.engine.device)
     d = init_distributed(device)
     out = Path(str(cfg.run.out))
-    if d.main:
+
+    def open_out() -> None:
         out.mkdir(parents=True, exist_ok=True)
         if not cfg.run.resume:
             write_config(out, cfg)
+
+    on_main(open_out)  # rank 0 alone writes; its failure stops every rank (run/dist.py)
     seed_everything(cfg.run.seed)  # the same initial weights on every rank
     setup = presets.build_setup(cfg)
     steps = total_steps(cfg.batch, len(setup.train_prompts), d.world)
@@ -147,8 +155,7 @@ def train(cfg: Config, resume_state: dict[str, Any] | None = None) -> Path:
     if resume_state is not None:
         start = resume_state["step"]
         restore(resume_state, **learner.state(), d=d)
-        if d.main:
-            truncate_metrics(out / "metrics.jsonl", start)
+        on_main(lambda: truncate_metrics(out / "metrics.jsonl", start))
     else:
         torch.manual_seed(cfg.run.seed + 1000 * d.rank)  # each rank samples different responses
 
@@ -167,8 +174,8 @@ def train(cfg: Config, resume_state: dict[str, Any] | None = None) -> Path:
         adv = advantages(cfg, learner, batch)
         update(cfg, learner, batch, adv, step, stats)
         row = log_step(learner, batch, adv, step, stats, time.time() - t0)
+        on_main(functools.partial(append_metrics, out, row))
         if d.main:
-            append_metrics(out, row)
             bar.set_postfix(progress_postfix(row, learner.scorers), refresh=False)
         if (step + 1) % cfg.run.save_every == 0 or step + 1 == steps:
             save_checkpoint(out, config_hash(cfg), step + 1, **learner.state(), d=d)
@@ -178,11 +185,14 @@ def train(cfg: Config, resume_state: dict[str, Any] | None = None) -> Path:
 
 
 def collect(cfg: Config, learner: Learner, step: int, stats: dict[str, list[float]]) -> Batch:
-    """1-2. This rank's prompts of iteration ``step``, one sampled response each, their scores;
-    fast-rl's weights and safe-rlhf's multipliers take their step before the update uses them."""
+    """1-2. This rank's prompts of iteration ``step``, --samples-per-prompt sampled responses
+    each (consecutive rows), their scores; fast-rl's weights and safe-rlhf's multipliers take
+    their step before the update uses them."""
     setup, plan, policy, d = learner.setup, learner.plan, learner.policy, learner.d
     n = len(setup.train_prompts)
-    indices = prompt_indices(step, cfg.batch.rollout_size, n, cfg.run.seed, d.rank, d.world)
+    b = cfg.batch
+    indices = prompt_indices(step, b.prompts_per_iteration, n, cfg.run.seed, d.rank, d.world)
+    indices = group_indices(indices, b.samples_per_prompt)
     prompts = [setup.train_prompts[i] for i in indices]
     with record_function("rollout"), gathered(policy), learner.amp():
         ro = generate(setup, policy, prompts, cfg.rollout)  # FSDP2: one all-gather per batch
@@ -233,9 +243,20 @@ def advantages(cfg: Config, learner: Learner, batch: Batch) -> Advantages:
         mask = ro.mask.to(old_logp.dtype)
         scores, multipliers = batch.stream_scores, batch.multipliers
         adv, ret = stream_advantages(
-            learner.plan, scores, old_logp, ref_logp, old_values, mask, cfg.ppo, multipliers
+            learner.plan,
+            scores,
+            old_logp,
+            ref_logp,
+            old_values,
+            mask,
+            cfg.ppo,
+            multipliers,
+            samples_per_prompt=cfg.batch.samples_per_prompt,
         )
-    return Advantages(old_logp, ref_logp, old_values, mask, adv, ret)
+        explained = []
+        if cfg.ppo.advantage == "gae":  # how well the old values predicted the returns
+            explained = [explained_variance(old_values[s], ret[s], mask) for s in range(len(ret))]
+    return Advantages(old_logp, ref_logp, old_values, mask, adv, ret, explained)
 
 
 def update(
@@ -288,7 +309,10 @@ def update(
             if every and not learner.fsdp and step % every == 0 and lo == epoch == 0:
                 with record_function("signal"):
                     halves = functools.partial(losses_of, hiddens=[], sums={})
-                    cosines = half_batch_cosines(halves, mb, learner.trainable)
+                    # in the Gram's parameter space: the probe's, or every parameter
+                    module = learner.probe
+                    space = learner.trainable if module is None else list(module.parameters())
+                    cosines = half_batch_cosines(halves, mb, space)
                 for name, c in zip(plan.loss_names, cosines, strict=True):
                     record(stats, f"signal/{name}", c)
             chunks = split(mb, ro.mask, cfg.batch.micro_batch_size)
@@ -300,8 +324,9 @@ def update(
                 probe = learner.probe is not None
                 info = accumulate_objectives(learner.opt, chunks, step_losses, probe=probe)
                 learner.sched.step()
-            with record_function("critic"):
-                update_critic(cfg, learner, batch, adv, chunks, hiddens, sums)
+            if cfg.ppo.advantage == "gae":  # group mode has no critic to train
+                with record_function("critic"):
+                    update_critic(cfg, learner, batch, adv, chunks, hiddens, sums)
             for key, value in [*sums.items(), *info.as_dict(names=plan.loss_names).items()]:
                 record(stats, key, value)
     policy.eval()  # generation: KV cache on, checkpointing off
@@ -354,6 +379,8 @@ def log_step(
 ) -> dict[str, Any]:
     """6. The iteration's metrics row (statistics over all ranks' samples)."""
     d = learner.d
+    for name, ev in zip(learner.plan.streams, adv.explained, strict=False):
+        record(stats, f"critic/{name}/explained_variance", ev)
     with record_function("log"):
         seq_kl = sequence_kl(adv.old_logp, adv.ref_logp, adv.mask).cpu()
         return step_metrics(
@@ -374,8 +401,8 @@ def finish(cfg: Config, learner: Learner, out: Path, steps: int) -> None:
     """plots.png, the held-out evaluation (every rank samples and scores its share; rank 0 writes
     eval.json) and policy/ (last: a LoRA policy is merged in place)."""
     d = learner.d
-    if d.main and cfg.run.plots and steps > 0:
-        plot_metrics(out)
+    if cfg.run.plots and steps > 0:
+        on_main(lambda: plot_metrics(out))
     if cfg.eval.eval_size != 0:
         result = evaluate_policy(
             learner.setup,
@@ -386,9 +413,8 @@ def finish(cfg: Config, learner: Learner, out: Path, steps: int) -> None:
             batch=cfg.batch.rollout_size,
             n_prompts=cfg.eval.eval_size,
         )
-        if d.main:
-            write_eval(out / "eval.json", result)
-    save_policy(out, learner.setup, learner.policy, d)
+        on_main(lambda: write_eval(out / "eval.json", result))
+    save_policy(out, learner.setup, learner.policy, d)  # rank 0 writes, every rank learns how
     barrier(d)
 
 
@@ -414,8 +440,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as err:
         print(f"rlhf_mistral.py: error: {err}", file=sys.stderr)
         return 2
-    out = train(cfg, resume_state)
-    close_distributed()
+    try:
+        out = train(cfg, resume_state)
+    finally:  # also after a failure every rank was told of: leave the group, exit non-zero
+        close_distributed()
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"run written to {out}")
     return 0

@@ -44,7 +44,6 @@ from integrations.worlds.paper.memory import (  # noqa: E402
     DEFAULT_REWARD_MODEL,
     PUBLISHED_CONFIGS,
     lora_param_count,
-    memory_plan,
     shape_from_config,
 )
 from integrations.worlds.paper.models import load_policy, resolve_pretrained  # noqa: E402
@@ -456,136 +455,6 @@ def test_tiny_dry_run_counts_match_real_models(world):
     assert f"parameters {n_score:,}" in text
 
 
-def test_memory_plan_against_hand_calculation():
-    mistral = shape_from_config(PUBLISHED_CONFIGS[DEFAULT_POLICY])
-    beaver = shape_from_config(PUBLISHED_CONFIGS[DEFAULT_REWARD_MODEL])
-    P, S = MISTRAL_7B, BEAVER_7B
-    head = 32000 * 4096  # probe: the LM head
-    # train pass, micro-batch 4 x 512 tokens (256 response), checkpointing: layer inputs + one
-    # layer's working set + bf16 logits everywhere + six fp32 [b, T, V] tensors of the losses
-    train = (
-        2 * 4 * 512 * 4096 * 32
-        + 2 * 4 * 512 * (6 * 4096 + 2 * 1024 + 4 * 14336)
-        + 2 * 4 * 512 * 32000
-        + 24 * 4 * 256 * 32000
-    )
-    assert train == 1_798_307_840
-    kv = 2 * 2 * 32 * 1024 * 16 * 512  # K and V, bf16, 32 layers, 8 x 128 wide, 16 x 512 tokens
-    shape = dict(micro_batch=4, rollout_batch=16, seq_len=512, response_len=256)
-
-    ddp = memory_plan(mistral, [beaver, beaver], world_size=8, sharding="ddp", **shape)
-    expected_ddp = {
-        "policy master weights (fp32)": 4 * P,
-        "fp32 gradients": 4 * P,
-        "MOGD bank: k=2 x probe (lm_head) gradients": 2 * 4 * head,
-        "AdamW moments (fp32, 2 per trainable parameter)": 8 * P,
-        "bf16 compute copy of the trained weights (autocast)": 2 * P,
-        "reference policy (bf16)": 2 * P,
-        "scorers x2 (bf16, replicated)": 2 * 2 * S,
-        "critics: 2 value heads (fp32)": 16 * 2 * 4097,
-        "activations (peak of train pass / critic pass / generation)": train,
-    }
-    assert dict(ddp.entries) == pytest.approx(expected_ddp)
-    assert ddp.total == pytest.approx(20 * P + 8 * head + 4 * S + 16 * 2 * 4097 + train)
-    fp32 = memory_plan(mistral, [beaver], world_size=1, sharding="ddp", precision="fp32")
-    assert "bf16 compute copy of the trained weights (autocast)" not in dict(fp32.entries)
-
-    fsdp = memory_plan(mistral, [beaver, beaver], world_size=8, sharding="fsdp2", **shape)
-    root = 32000 * 4096 * 2 + 4096
-    layer = 2 * 4096 * 4096 + 2 * 4096 * 1024 + 3 * 4096 * 14336 + 2 * 4096
-    expected_fsdp = {
-        "policy master weights (fp32)": 4 * P / 8,
-        "fp32 gradients": 4 * P / 8,
-        "MOGD bank: k=2 x probe (lm_head) gradients": 2 * 4 * head / 8,
-        "AdamW moments (fp32, 2 per trainable parameter)": 8 * P / 8,
-        "reference policy (bf16)": 2 * P / 8,
-        "scorers x2 (bf16, sharded)": 2 * 2 * S / 8,
-        "critics: 2 value heads (fp32)": 16 * 2 * 4097,
-        # generation gathers the whole policy in bf16 once per rollout batch
-        "activations (peak of train pass / critic pass / generation)": kv + 2 * P,
-        "FSDP2 unsharded root + 2 layers (bf16)": 2 * (root + 2 * layer),
-    }
-    assert dict(fsdp.entries) == pytest.approx(expected_fsdp)
-    # the defaults of the 7B preset: full mode, k = 2 fp32 gradients in the bank, no probe
-    full = memory_plan(mistral, [beaver], world_size=8, sharding="fsdp2", probe=None, **shape)
-    assert full.get("MOGD bank: k=2 x fp32 gradients") == 2 * 4 * P / 8
-    assert "fp32 gradients" not in dict(full.entries)  # row 0 of the bank is .grad
-
-    # LoRA r=16, full mode over the adapters (fp32: 4 B), 8-bit scorers, score critics with LoRA
-    lora = lora_param_count(mistral, 16)
-    lin = 32 * (4 * 4096 * 4096 + 3 * 4096 * 11008)
-    beaver_lora = 32 * 16 * (4 * 8192 + 3 * (4096 + 11008))
-    plan = memory_plan(
-        mistral,
-        [beaver, beaver],
-        world_size=1,
-        sharding="ddp",
-        lora_r=16,
-        probe=None,
-        quant="8bit",
-        critic_init="score",
-    )
-    got = dict(plan.entries)
-    assert got["policy: bf16 base + fp32 LoRA weights"] == 2 * P + 4 * lora
-    assert got["MOGD bank: k=2 x fp32 gradients"] == 2 * 4 * lora
-    assert got["AdamW moments (fp32, 2 per trainable parameter)"] == 8 * lora
-    assert got["bf16 compute copy of the trained weights (autocast)"] == 2 * lora
-    assert got["reference policy (bf16)"] == 0
-    assert got["scorers x2 (8bit, replicated)"] == 2 * (lin + 2 * (S - lin))
-    assert got["critics: 2 score-model critics (trained)"] == 2 * (
-        2 * (S - 4097) + 16 * (beaver_lora + 4097)
-    )
-    full_critics = memory_plan(
-        mistral, [beaver, beaver], world_size=4, sharding="fsdp2", probe=None, critic_init="score"
-    )  # float32 master backbones: weight, gradient, two moments
-    assert full_critics.get("critics: 2 score-model critics (trained)") == 2 * 16 * S / 4
-    copy = memory_plan(mistral, [beaver], world_size=1, sharding="ddp", critic_init="copy")
-    trunk = P - 32000 * 4096  # the decoder without its LM head
-    assert copy.get("critics: policy trunk copy (fp32 master) + value heads") == (
-        16 * trunk + 16 * 2 * 4097
-    )
-    with pytest.raises(ValueError, match="--probe full"):
-        memory_plan(mistral, [beaver], world_size=1, sharding="ddp", lora_r=8, probe="lm_head")
-    with pytest.raises(ValueError, match="LoRA policy trains replicated"):
-        memory_plan(mistral, [beaver], world_size=8, sharding="fsdp2", lora_r=8, probe=None)
-
-
-def test_dry_run_default_ids_offline_prints_both_shardings():
-    cfg = make_config("mistral-7b", world_size=8)
-    text = format_plan(dry_run_plan(cfg))
-    assert f"parameters {MISTRAL_7B:,}; trainable {MISTRAL_7B:,} (full fine-tuning)" in text
-    assert text.count(f"parameters {BEAVER_7B:,}") == 2
-    assert "DDP" in text and "FSDP2" in text and "world size 8" in text
-    assert "this run: FSDP2" in text  # full fine-tuning of the 7B preset shards by default
-    # Table 2 at 8 GPUs: micro-batches of 16 x 512 tokens (512 response), rollouts of 16 x 8
-    P, S = MISTRAL_7B, BEAVER_7B
-    train = (
-        2 * 16 * 512 * 4096 * 32
-        + 2 * 16 * 512 * (6 * 4096 + 2 * 1024 + 4 * 14336)
-        + 2 * 16 * 512 * 32000
-        + 24 * 16 * 512 * 32000
-    )
-    kv = 2 * 2 * 32 * 1024 * 128 * 512
-    root = 32000 * 4096 * 2 + 4096
-    layer = 2 * 4096 * 4096 + 2 * 4096 * 1024 + 3 * 4096 * 14336 + 2 * 4096
-    heads = 16 * 2 * 4097
-    total_ddp = (4 + 8 + 8 + 2 + 2) * P + 4 * S + heads + max(train, kv)
-    total_fsdp = (4 + 8 + 8 + 2) * P / 8 + 4 * S / 8 + heads + max(train, kv + 2 * P)
-    total_fsdp += 2 * (root + 2 * layer)
-    total_line = next(line for line in text.splitlines() if line.strip().startswith("total"))
-    assert total_line.split()[1:] == [f"{total_ddp / 1024**3:.2f}", f"{total_fsdp / 1024**3:.2f}"]
-    assert total_fsdp / 1024**3 < 75  # fits an 80 GB GPU with room to spare
-    with pytest.raises(ValueError, match="--world-size"):
-        make_config("mistral-7b", world_size=0)
-    single = format_plan(
-        dry_run_plan(make_config("mistral-7b", world_size=1, method="safe-rlhf", probe="lm_head"))
-    )
-    assert "MOGD: k=1 per-objective gradients" in single and "k=1 x probe (lm_head)" in single
-    assert "this run: DDP" in single
-    lora = format_plan(dry_run_plan(make_config("mistral-7b", world_size=8, lora_r=8)))
-    assert "FSDP2" not in lora.split("per-GPU memory")[1].splitlines()[1]  # LoRA: replicated
-
-
 def test_paper_options_parse_and_belong_to_their_preset():
     parse = build_parser().parse_args
     given = vars(parse(["--preset", "mistral-7b", "--lora-r", "8", "--load-in-4bit"]))
@@ -596,7 +465,7 @@ def test_paper_options_parse_and_belong_to_their_preset():
     assert paper.policy == "HuggingFaceH4/mistral-7b-sft-beta"
     assert paper.reward_model == "PKU-Alignment/beaver-7b-v1.0-reward"
     assert paper.cost_model == "PKU-Alignment/beaver-7b-v1.0-cost"
-    assert make_config("mistral-7b").algorithm.critic_init == "head"  # a default per preset
+    assert make_config("mistral-7b").algorithm.critic_init == "score"  # a default per preset
     assert make_config("tiny").algorithm.critic_init == "copy"
     with pytest.raises(SystemExit):
         parse(["--critic-init", "random"])

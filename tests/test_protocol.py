@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
@@ -16,7 +17,13 @@ from integrations.ppo.multipliers import RewardWeights
 from integrations.run import presets
 from integrations.run.evaluations import soup_weights
 from integrations.run.parse import make_config
-from integrations.run.report import markdown_table, reference_point, summarise
+from integrations.run.report import (
+    markdown_table,
+    mean_se,
+    reference_point,
+    significance,
+    summarise,
+)
 
 finite = st.floats(-5.0, 5.0, allow_nan=False)
 
@@ -30,8 +37,10 @@ def test_reward_weights_follow_the_exponentiated_gradient_closed_form(
     assert torch.equal(w.weights, torch.tensor([0.5, 0.5], dtype=torch.float64))
     for means in batches:
         w.update(torch.tensor(means))
-    # mirror descent from uniform: w_i ∝ exp(−η Σ_t r̄_i,t), computed independently
-    totals = [sum(m[i] for m in batches) for i in range(2)]
+    # mirror descent from uniform: w_i ∝ exp(−η Σ_t r̄_i,t), computed independently in float64
+    # from the float32 means the update is given (rounding them is the caller's, not the update's)
+    seen = [torch.tensor(m).tolist() for m in batches]
+    totals = [sum(m[i] for m in seen) for i in range(2)]
     z = [math.exp(-lr * (t - min(totals))) for t in totals]
     expected = [v / sum(z) for v in z]
     torch.testing.assert_close(w.weights, torch.tensor(expected, dtype=torch.float64))
@@ -135,3 +144,62 @@ def test_score_file_adds_rewards_and_cost(tmp_path, monkeypatch) -> None:
     assert evaluate.main(["score", "--in", str(src), "--out", str(dst)]) == 2
     with pytest.raises(ValueError, match="prompt and response"):
         evaluate.score_file(make_config("tiny"), src, dst)
+
+
+def _prompt_rows(method: str, per_seed: list[list[float]]) -> list[dict]:
+    return [
+        {
+            "method": method,
+            "seed": s,
+            "scores": {"r": sum(p) / len(p)},
+            "se": {"r": float(np.std(p, ddof=1) / math.sqrt(len(p)))},
+            "per_prompt": {"r": p},
+        }
+        for s, p in enumerate(per_seed)
+    ]
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(0, 10_000), st.integers(2, 4), st.integers(3, 40))
+def test_paired_significance_matches_a_float64_reference(
+    seed: int, seeds: int, prompts: int
+) -> None:
+    rng = np.random.default_rng(seed)
+    difficulty = rng.normal(0, 2.0, prompts)  # shared by every policy: no noise in a difference
+    sft = [list(difficulty + rng.normal(0, 0.3, prompts))] * 3  # one model, identical rows
+    run = [list(difficulty + 0.2 + rng.normal(0, 0.3, prompts)) for _ in range(seeds)]
+    summary = {"objectives": ["r"], "rows": _prompt_rows("sft", sft) + _prompt_rows("gapo-p1", run)}
+    (row,) = significance(summary)
+    # reference: seed SE of the run's per-seed means, SE of the per-prompt differences
+    a = np.asarray(run, dtype=np.float64)
+    b = np.asarray(sft[0], dtype=np.float64)
+    seed_se = a.mean(1).std(ddof=1) / math.sqrt(seeds)
+    d = a.mean(0) - b
+    se = math.sqrt(seed_se**2 + d.var(ddof=1) / prompts)
+    assert row["paired"] is True
+    assert math.isclose(row["difference"], a.mean() - b.mean(), rel_tol=1e-9, abs_tol=1e-12)
+    assert math.isclose(row["se"], se, rel_tol=1e-9)
+    # the shared prompt difficulty (std 2, against noise 0.3) dominates the unpaired SE, not
+    # the paired one (checked where the spreads are estimated from enough prompts)
+    unpaired = [{k: v for k, v in r.items() if k != "per_prompt"} for r in summary["rows"]]
+    (plain,) = significance({"objectives": ["r"], "rows": unpaired})
+    assert plain["paired"] is False
+    if prompts >= 20:
+        assert row["se"] < plain["se"]
+
+
+def test_significance_is_unpaired_when_prompt_counts_differ() -> None:
+    summary = {
+        "objectives": ["r"],
+        "rows": _prompt_rows("sft", [[1.0, 2.0, 3.0]])
+        + _prompt_rows("mgda", [[1.0, 2.0], [2.0, 3.0]]),
+    }
+    (row,) = significance(summary)
+    assert row["paired"] is False
+    assert math.isclose(row["se"], math.sqrt(0.5**2 + 1 / 3))  # seed SE 0.5; SFT eval SE 1 / √3
+
+
+def test_identical_rows_have_no_seed_spread() -> None:
+    x = 1.855
+    assert sum([x, x, x]) / 3 != x  # the rounding that made SFT's 3 identical rows a "spread"
+    assert mean_se([x, x, x]) == (x, 0.0)

@@ -15,7 +15,14 @@ import torch
 
 from integrations import rlhf_mistral as rl
 from integrations.run import presets
-from integrations.run.config import SECTIONS, Config, config_hash, options, total_steps
+from integrations.run.config import (
+    ADDED_LATER,
+    SECTIONS,
+    Config,
+    config_hash,
+    options,
+    total_steps,
+)
 from integrations.run.parse import make_config
 from integrations.run.runio import has_checkpoint, open_run, read_checkpoint, read_metrics
 from integrations.run.validate import validate
@@ -23,7 +30,7 @@ from integrations.run.validate import validate
 TINY_RUN = [
     "--steps", "2", "--batch-size", "4", "--grad-accum", "1", "--minibatch-size", "4",
     "--max-new-tokens", "8", "--eval-size", "4", "--eval-samples", "2", "--signal-every", "1",
-    "--save-every", "1", "--no-progress", "--no-plots",
+    "--save-every", "1", "--no-progress", "--no-plots", "--critic-warmup", "0",
 ]  # fmt: skip
 
 
@@ -85,7 +92,7 @@ def test_help_lists_every_option_with_its_default(capsys):
 
 def test_presets_are_tables_of_defaults():
     assert make_config("tiny").algorithm.critic_init == "copy"  # one option, a default per preset
-    assert make_config("mistral-7b").algorithm.critic_init == "head"
+    assert make_config("mistral-7b").algorithm.critic_init == "score"  # Safe RLHF: from R, C
     assert make_config("mistral-7b", lr=0.5).optim.lr == 0.5  # what the user gives wins
     assert make_config("mistral-7b").batch.steps is None  # derived from --epochs
     assert make_config("mistral-7b", steps=10).batch.epochs is None  # --steps replaces --epochs
@@ -156,7 +163,15 @@ def test_run_directories_from_before_sections_resume(tmp_path, monkeypatch, caps
     shutil.copytree(RUN_BEFORE_SECTIONS, run)
     saved = json.loads((run / "config.json").read_text())
     cfg = rl.parse_config(["--resume", str(run), "--no-progress"])
-    assert cfg.flat() == {**saved, "out": str(run), "resume": str(run), "progress": False}
+    # options added since read back at their defaults: what the old run did
+    assert cfg.flat() == {
+        **saved,
+        **ADDED_LATER,
+        "out": str(run),
+        "resume": str(run),
+        "progress": False,
+    }
+    assert ADDED_LATER == {"samples_per_prompt": 1, "advantage": "gae", "critic_warmup": 0}
     assert cfg.algorithm.method == "safe-rlhf" and cfg.safe_rlhf.lambda_threshold == -0.8
     assert cfg.batch.steps == 2 and cfg.rollout.max_new_tokens == 4
     # the checkpoint's config hash, written by the old code, is the hash of the sectioned Config:
@@ -416,10 +431,12 @@ def test_evaluate_sweep_and_compare(tiny, tmp_path, monkeypatch):
         ("sft", 0), ("sft", 1), ("gapo-p1", 0), ("gapo-p1", 1)
     ]  # fmt: skip
     for r in report["rows"]:
-        assert set(r) == {"method", "seed", "scores", "se", "harmless_ratio"}
+        assert set(r) == {"method", "seed", "scores", "se", "per_prompt", "harmless_ratio"}
         assert set(r["scores"]) == {"helpful", "harmless"} and 0 <= r["harmless_ratio"] <= 1
         assert set(r["se"]) == {"helpful", "harmless"} and all(v >= 0 for v in r["se"].values())
+        assert [len(v) for v in r["per_prompt"].values()] == [4, 4]  # --eval-size 4
     assert set(report["groups"]) == {"benign"}  # --eval-size 4: the first held-out prompts
+    assert all(r["paired"] for r in report["significance"])  # same prompts: paired by prompt
     table = (tmp_path / "cmp" / "compare.md").read_text()
     assert "| sft |" in table and "| gapo-p1 |" in table and "HV contribution" in table
     assert "benign prompts" in table
@@ -435,3 +452,30 @@ def test_evaluate_sweep_and_compare(tiny, tmp_path, monkeypatch):
     # evaluating a finished run again reproduces the end-of-training evaluation exactly
     run_dir = tmp_path / "cmp" / "gapo-p1-seed1"
     assert ev.evaluate_run(run_dir) == json.loads((run_dir / "eval.json").read_text())
+
+
+@pytest.mark.slow
+def test_critic_warmup_predicts_the_score_at_the_first_iteration(tiny, tmp_path):
+    """--critic-warmup: the critic regresses on SFT rollouts before PPO (cached), so its
+    explained variance is clearly > 0 at iteration 1, where a V = 0 critic has exactly 0.
+    (Checked on the helpfulness stream: this 40-step SFT's answers are all about equally
+    harmless, so the harmlessness returns barely vary and their EV says little.)"""
+    argv = ["--advantage", "gae", "--samples-per-prompt", "1", "--batch-size", "16",
+            "--minibatch-size", "16", "--critic-lr", "3e-3", "--cache-dir", str(tmp_path / "c")]  # fmt: skip
+    _, rows = run(tmp_path / "warm", *argv, "--critic-warmup", "256")
+    assert list((tmp_path / "c").glob("critic-*.pt"))  # the fit is cached
+    assert rows[0]["critic/helpful/explained_variance"] > 0.1
+    _, cold = run(tmp_path / "cold", *argv, "--critic-warmup", "0")
+    for name in ("helpful", "harmless"):
+        assert cold[0][f"critic/{name}/explained_variance"] == pytest.approx(0.0, abs=1e-9)
+
+
+@pytest.mark.slow
+def test_group_estimator_trains_without_a_critic(tiny, tmp_path):
+    _, rows = run(tmp_path / "group", "--advantage", "group", "--samples-per-prompt", "2")
+    assert [r["step"] for r in rows] == [1, 2]
+    assert not any(k.startswith("critic/") or k.startswith("value_loss/") for k in rows[0])
+    for r in rows:  # NaN where a half's scores are all equal within their groups (no gradient)
+        helpful = r["signal/helpful"]
+        assert helpful != helpful or -1.0 <= helpful <= 1.0
+        assert r["helpful/reward_std"] > 0

@@ -28,7 +28,7 @@ SFT_STEPS = 40
 TWO_RANK = ["--steps", "3", "--save-every", "1"]  # a checkpoint after every iteration
 RUN = [
     "--preset", "tiny", "--fsdp", "--batch-size", "4", "--grad-accum", "1",
-    "--minibatch-size", "4", "--micro-batch-size", "2", "--max-new-tokens", "8",
+    "--minibatch-size", "4", "--micro-batch-size", "2", "--probe", "full", "--max-new-tokens", "8",
     "--eval-size", "4", "--eval-samples", "1", "--signal-every", "0", "--no-progress",
     "--no-plots",
 ]  # fmt: skip
@@ -43,6 +43,17 @@ presets.build_setup = lambda cfg: build_tiny_setup({cache!r}, seed=cfg.tiny.sft_
 sys.exit(rlhf_mistral.main())
 """
 
+EVAL_LAUNCHER = """
+import sys
+sys.path.insert(0, {root!r})
+from integrations import evaluate
+from integrations.run import presets
+from integrations.worlds.tiny.setup import build_tiny_setup
+
+presets.build_setup = lambda cfg: build_tiny_setup({cache!r}, seed=cfg.tiny.sft_seed, sft_steps={steps})
+sys.exit(evaluate.main())
+"""
+
 
 @pytest.fixture(scope="module")
 def launcher(tmp_path_factory):
@@ -55,6 +66,8 @@ def launcher(tmp_path_factory):
     path.write_text(
         textwrap.dedent(LAUNCHER.format(root=str(ROOT), cache=str(cache), steps=SFT_STEPS))
     )
+    fill = {"root": str(ROOT), "cache": str(cache), "steps": SFT_STEPS}
+    (root / "evaluate.py").write_text(textwrap.dedent(EVAL_LAUNCHER.format(**fill)))
     return path
 
 
@@ -202,3 +215,15 @@ def test_torchrun_paper_preset_shards_everything_and_evaluates_both_columns(tmp_
     written = read_checkpoint(out)["policy"]
     for name, p in policy.named_parameters():
         assert torch.equal(p, written[name]), name
+
+
+@pytest.mark.slow
+def test_torchrun_evaluates_a_sharded_run(launcher, two_rank_run):
+    """``torchrun ... evaluate.py evaluate --run-dir DIR`` on an --fsdp run: both ranks load the
+    checkpoint's shards into the models sharded as in training and agree on one result, which
+    rank 0 prints (``--run`` would be torchrun's own --run-path)."""
+    proc = torchrun(launcher.parent / "evaluate.py", "evaluate", "--run-dir", str(two_rank_run))
+    out, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, out[-4000:]
+    result = json.loads(out[out.index("{") : out.rindex("}") + 1])  # one object: printed once
+    assert result["prompts"] == 4 and set(result["objectives"]) == {"helpful", "harmless"}

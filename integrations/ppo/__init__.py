@@ -4,10 +4,12 @@
                     rollouts, PPO, safe-rlhf, fast-rl) and ``option()``, how an option is declared
     methods         ``METHODS`` (method -> critic streams, losses, MOGD weighting), ``make_plan``
     sampling        the KV-cache sampler and the log-probs of its exact distribution
-    rollout         which prompts an iteration takes, sampling and scoring responses
-    advantages      KL shaping, GAE, whitening, the Lagrangian mix: ``stream_advantages``
+    rollout         which prompts an iteration takes (M samples each), sampling and scoring
+    advantages      KL shaping, GAE or the leave-one-out group baseline, explained variance,
+                    whitening, the Lagrangian mix: ``stream_advantages``
     surrogate       the clipped policy loss, the clipped value loss, the entropy
-    critics         the value networks (copy / head / score)
+    critics         the value networks (copy / head / score; none under --advantage group)
+    critic_warmup   the critic fitted to SFT rollouts before PPO (--critic-warmup, cached)
     multipliers     Safe RLHF's Lagrange multiplier, Fast RL's reward weights
     optim           MOGD's probe module (``find_module``), the warm-up cosine schedule
     accumulate      each objective's gradient accumulated over micro-batches

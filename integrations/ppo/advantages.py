@@ -8,7 +8,9 @@ Per objective stream i (App. B):
 
 * KL-shaped token rewards  r̂_t = r_t − β (log π(a_t|s_t) − log π_ref(a_t|s_t)) (Eq. 14),
   with the sequence score at the last response token: R for helpfulness, −C for harmlessness.
-* GAE(γ, λ) advantages from the stream's own critic V_i, returns Â + V.
+* GAE(γ, λ) advantages from the stream's own critic V_i, returns Â + V (``--advantage gae``);
+  or, with no critic (``--advantage group``), the score minus the leave-one-out mean of the
+  prompt's other samples (:func:`group_advantages`), the KL shaping unchanged.
 
 The Safe RLHF baseline (Dai et al., ICLR 2024) mixes the streams' advantages into one with
 :func:`lagrangian_advantages`. :func:`stream_advantages` is what the loop calls: all of the above
@@ -26,10 +28,13 @@ from .options import PPOOptions
 
 __all__ = [
     "check_mask",
+    "explained_variance",
     "gae",
+    "group_advantages",
     "kl_shaped_rewards",
     "lagrangian_advantages",
     "last_token_index",
+    "leave_one_out_baseline",
     "masked_mean",
     "masked_whiten",
     "sequence_kl",
@@ -159,6 +164,58 @@ def gae(
     return advantages, (advantages + values) * m
 
 
+def leave_one_out_baseline(scores: torch.Tensor, group_size: int) -> torch.Tensor:
+    """b_i = (Σ_{j ∈ g(i)} s_j − s_i) / (m − 1): the mean score of the other m − 1 samples of
+    row i's prompt (RLOO, Kool et al. 2019; Ahmadian et al. 2024). ``scores`` ``[B]`` hold
+    B / m groups of m consecutive rows, one group per prompt. Unbiased: b_i does not depend on
+    sample i, so E[(s_i − b_i) ∇log π(y_i)] is the policy gradient exactly."""
+    if group_size < 2:
+        raise ValueError(
+            f"group_size must be >= 2 (a leave-one-out mean needs others), got {group_size}"
+        )
+    if scores.dim() != 1 or scores.shape[0] % group_size:
+        raise ValueError(
+            f"scores must be [B] with B a multiple of group_size {group_size}, "
+            f"got {tuple(scores.shape)}"
+        )
+    groups = scores.view(-1, group_size)
+    return ((groups.sum(1, keepdim=True) - groups) / (group_size - 1)).reshape(-1)
+
+
+def group_advantages(
+    rewards: torch.Tensor,
+    scores: torch.Tensor,
+    mask: torch.Tensor,
+    group_size: int,
+    gamma: float = 1.0,
+) -> torch.Tensor:
+    """Group-baseline advantages, no critic: A_t = Σ_{t' ≥ t} γ^{t'−t} r̂_{t'} − b_i.
+
+    ``rewards`` are the KL-shaped token rewards of :func:`kl_shaped_rewards` (the score s_i at
+    the last token, −β·KL on every token: the same shaping as GAE's), ``scores`` ``[B]`` the
+    sequence scores, b_i their :func:`leave_one_out_baseline` over the prompt's other m − 1
+    samples. With γ = 1 every token of sequence i gets s_i − b_i plus the KL still to come.
+    Never divided by a standard deviation: GAPO reads the objectives' gradient scales. Equal
+    to :func:`gae` with V = 0, λ = 1, minus b_i on the real tokens. Returns ``[B, T]``, 0 on
+    padding.
+    """
+    m = check_mask(mask, rewards)
+    returns, _ = gae(rewards, torch.zeros_like(rewards), m, gamma, 1.0)
+    baseline = leave_one_out_baseline(scores.to(rewards.dtype), group_size)
+    return (returns - baseline[:, None]) * m
+
+
+def explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor) -> float:
+    """1 − Var(R − V) / Var(R) over the real tokens: 1 for a critic that predicts the returns,
+    0 for one no better than their mean, negative for worse (CleanRL's ``explained_var``)."""
+    m = check_mask(mask, returns).bool()
+    r, v = returns[m].double(), values[m].double()
+    var = r.var(unbiased=False)
+    if r.numel() < 2 or var <= 0:
+        return float("nan")
+    return float(1.0 - (r - v).var(unbiased=False) / var)
+
+
 def lagrangian_advantages(
     reward_advantages: Sequence[torch.Tensor],
     constraint_advantages: Sequence[torch.Tensor],
@@ -193,18 +250,25 @@ def stream_advantages(
     mask: torch.Tensor,
     opts: PPOOptions,
     multipliers: Sequence[float] = (),
+    samples_per_prompt: int = 1,
 ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-    """The advantages of each policy loss of ``plan`` and the GAE returns of each stream.
+    """The advantages of each policy loss of ``plan`` and the critic targets of each stream.
 
-    Per stream s: KL-shaped rewards of its sequence scores ``scores[s]`` (``[S, B]``), GAE with
-    its values ``values[s]`` (``[S, B, T]``); whitened over the batch with
-    ``--whiten-advantages``; for safe-rlhf the streams' advantages are mixed into the one
-    Lagrangian advantage with ``multipliers`` (one λ per cost stream).
+    Per stream s: KL-shaped rewards of its sequence scores ``scores[s]`` (``[S, B]``), then
+    GAE with its values ``values[s]`` (``[S, B, T]``; the targets are the GAE returns), or
+    under ``--advantage group`` the :func:`group_advantages` over groups of
+    ``samples_per_prompt`` consecutive rows (no critic: the targets are the advantages, unused);
+    whitened over the batch with ``--whiten-advantages``; for safe-rlhf the streams' advantages
+    are mixed into the one Lagrangian advantage with ``multipliers`` (one λ per cost stream).
     """
     advantages, returns = [], []
     for s in range(len(plan.streams)):
         rewards = kl_shaped_rewards(scores[s], logprobs, ref_logprobs, mask, opts.beta)
-        adv, ret = gae(rewards, values[s], mask, opts.gamma, opts.gae_lambda)
+        if opts.advantage == "group":
+            adv = group_advantages(rewards, scores[s], mask, samples_per_prompt, opts.gamma)
+            ret = adv
+        else:
+            adv, ret = gae(rewards, values[s], mask, opts.gamma, opts.gae_lambda)
         advantages.append(adv)
         returns.append(ret)
     if opts.whiten_advantages and mask.sum() > 1:

@@ -4,9 +4,16 @@ Value losses must never reach the policy's per-objective gradients, which MOGD n
 every critic is either a separate network or reads the policy's hidden states detached (Safe RLHF
 also keeps its reward and cost critics apart from the actor):
 
-- ``copy`` (tiny default): a separate copy of the SFT trunk with one linear value head per stream;
-- ``head`` (mistral-7b default): linear heads on the policy's detached last hidden state;
-- ``score``: one critic per objective initialised from its score model (Safe RLHF's choice).
+- ``copy`` (tiny, under ``--advantage gae``): a separate copy of the SFT trunk with one linear
+  value head per stream;
+- ``head`` (mistral-7b's morlhf and fast-rl): linear heads on the policy's detached last hidden
+  state;
+- ``score`` (mistral-7b default): one critic per objective initialised from its score model
+  (Safe RLHF's choice); a cost model's critic is negated (:func:`reward_signed`): the stream's
+  reward is −C.
+
+``--advantage group`` (the tiny default) has no critic: :class:`NoCritic` (V = 0, nothing to
+train).
 """
 
 from __future__ import annotations
@@ -74,6 +81,40 @@ class ScoreCritics(nn.Module):
         policy_hidden: torch.Tensor | None = None,
     ) -> torch.Tensor:
         return torch.stack([c(ids, attn)[:, prompt_len - 1 : -1] for c in self.critics])
+
+
+class NoCritic(nn.Module):
+    """The critic of ``--advantage group``: no values (V = 0), nothing to train. One empty
+    parameter keeps the critic optimizer and the checkpoint layout of the other modes."""
+
+    def __init__(self, streams: int) -> None:
+        super().__init__()
+        self.streams = streams
+        self.unused = nn.Parameter(torch.zeros(0))
+
+    def forward(
+        self,
+        ids: torch.Tensor,
+        attn: torch.Tensor,
+        prompt_len: int,
+        policy_hidden: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        shape = (self.streams, ids.shape[0], ids.shape[1] - prompt_len)
+        return torch.zeros(shape, device=ids.device)
+
+
+def reward_signed(critic: nn.Module, kind: str) -> nn.Module:
+    """A critic from a cost model predicts the cost C, but the harmlessness stream's return is
+    −C (the stream maximises −C): negate its value head, so V starts at the stream's own score
+    (Safe RLHF's cost critic predicts C for its cost stream; the sign here follows the stream)."""
+    if kind == "cost":
+        head = critic.value_head
+        assert isinstance(head, nn.Linear)
+        with torch.no_grad():
+            head.weight.neg_()
+            if head.bias is not None:
+                head.bias.neg_()
+    return critic
 
 
 def build_critic(

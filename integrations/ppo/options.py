@@ -18,14 +18,25 @@ from typing import Any, Literal
 from .methods import METHODS, Method, Update
 
 CriticInit = Literal["copy", "head", "score"]
+Advantage = Literal["gae", "group"]
 
 
-def option(default: Any, help: str, *, bookkeeping: bool = False, **argparse_kwargs: Any) -> Any:
+def option(
+    default: Any,
+    help: str,
+    *,
+    bookkeeping: bool = False,
+    added_later: bool = False,
+    **argparse_kwargs: Any,
+) -> Any:
     """A field that is one ``--option``: its default, ``--help`` text and any argparse settings
     (type, choices, nargs, action). ``bookkeeping=True``: the option does not change the trained
-    parameters (left out of the config hash, free to change when a run is resumed)."""
-    meta = {"help": help, "bookkeeping": bookkeeping, **argparse_kwargs}
-    return field(default=default, metadata=meta)
+    parameters (left out of the config hash, free to change when a run is resumed).
+    ``added_later=True``: the option came after run directories were written, and its declared
+    default is what those runs did; while it has that default it is left out of the config
+    hash, so their checkpoints still match (:func:`integrations.run.config.config_hash`)."""
+    meta = {"help": help, "bookkeeping": bookkeeping, "added_later": added_later}
+    return field(default=default, metadata={**meta, **argparse_kwargs})
 
 
 @dataclass
@@ -85,11 +96,22 @@ class BatchOptions:
         "in one forward",
     )
     minibatch_size: int = option(16, "sequences per optimizer step (per accumulation step)")
+    samples_per_prompt: int = option(
+        1,
+        "responses sampled per prompt (consecutive rows); each iteration takes batch-size x "
+        "grad-accum / M distinct prompts; --advantage group needs M >= 2",
+        added_later=True,
+    )
 
     @property
     def rollout_size(self) -> int:
-        """Prompts sampled per iteration per process."""
+        """Sequences sampled per iteration per process (--samples-per-prompt per prompt)."""
         return self.batch_size * self.grad_accum
+
+    @property
+    def prompts_per_iteration(self) -> int:
+        """Distinct prompts per iteration per process (validation checks the division)."""
+        return self.rollout_size // self.samples_per_prompt
 
     @property
     def update_size(self) -> int:
@@ -139,6 +161,14 @@ class PPOOptions:
         action=argparse.BooleanOptionalAction,
     )
     entropy_coef: float = option(0.0, "entropy bonus added to every objective's loss")
+    advantage: Advantage = option(
+        "gae",
+        "advantage estimator: 'gae' (per-stream critics, GAE) or 'group' (score minus the "
+        "leave-one-out mean of the prompt's other --samples-per-prompt samples; no critic, never "
+        "divided by a std); the KL shaping is the same in both",
+        choices=("gae", "group"),
+        added_later=True,
+    )
 
 
 @dataclass

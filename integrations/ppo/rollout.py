@@ -37,6 +37,12 @@ def epoch_order(seed: int, epoch: int, n: int) -> list[int]:
     return np.random.default_rng([seed, epoch]).permutation(n).tolist()
 
 
+def group_indices(indices: Sequence[int], samples_per_prompt: int) -> list[int]:
+    """Each prompt index repeated ``samples_per_prompt`` times, consecutively (the groups
+    :func:`.advantages.leave_one_out_baseline` expects)."""
+    return [i for i in indices for _ in range(samples_per_prompt)]
+
+
 def decoding(opts: RolloutOptions) -> Decoding:
     """The sampling distribution of the rollouts (temperature, top-p, repetition penalty)."""
     return Decoding(

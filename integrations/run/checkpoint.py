@@ -48,10 +48,14 @@ import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint import DefaultLoadPlanner, FileSystemReader, FileSystemWriter
 from torch.distributed.checkpoint.metadata import Metadata, StorageMeta, TensorStorageMetadata
 
+from .dist import on_every_rank, on_main
+
 __all__ = [
     "METADATA_ALLOWLIST",
     "CheckpointError",
     "checkpoint_dir",
+    "fsync_dir",
+    "fsync_tree",
     "latest_checkpoint",
     "load",
     "read_meta",
@@ -165,20 +169,19 @@ def _world() -> int:
     return dist.get_world_size() if _distributed() else 1
 
 
-def _barrier() -> None:
-    if _distributed():
-        dist.barrier()
-
-
-def _fsync_tree(path: Path) -> None:
+def fsync_tree(path: Path) -> None:
+    """Sync every file under ``path`` (recursively) and each directory to disk."""
     for file in path.iterdir():
-        if file.is_file():
+        if file.is_dir():
+            fsync_tree(file)
+        elif file.is_file():
             with open(file, "rb+") as fh:
                 os.fsync(fh.fileno())
-    _fsync_dir(path)
+    fsync_dir(path)
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
+    """Sync a directory's entries (a rename inside it) to disk."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -199,28 +202,32 @@ def save(root: Path, step: int, state: dict[str, Any], meta: dict[str, Any], kee
     final = checkpoint_dir(root, step)
     tmp = root / f".{final.name}.tmp"
     rank, world = _rank(), _world()
-    if rank == 0:
+    text = json.dumps(meta)  # fail before any collective when meta is not JSON
+
+    def prepare() -> None:
         root.mkdir(parents=True, exist_ok=True)
         for stale in root.glob(".step-*"):
             shutil.rmtree(stale)
         tmp.mkdir()
-        text = json.dumps(meta)  # fail before any collective when meta is not JSON
-    _barrier()
-    with _single_process_quiet():
-        dcp.save(state, storage_writer=FileSystemWriter(tmp), no_dist=not _distributed())
-    _write_rng(tmp, rank)
-    _barrier()
-    if rank == 0:
+
+    def commit() -> None:
         record = {"format": FORMAT, "step": step, "world_size": world, **json.loads(text)}
         (tmp / "meta.json").write_text(json.dumps(record, indent=1))
-        _fsync_tree(tmp)
+        fsync_tree(tmp)
         if final.exists():  # an abandoned later trajectory of a resumed run
             _remove(final)
         os.replace(tmp, final)
-        _fsync_dir(root)
+        fsync_dir(root)
         for old in _complete(root)[:-keep]:
             _remove(old)
-    _barrier()
+
+    # rank 0's directory work is shared with every rank (a failure there stops them all with
+    # its message instead of leaving them in the next collective); so is each rank's own write
+    on_main(prepare)
+    with _single_process_quiet():
+        dcp.save(state, storage_writer=FileSystemWriter(tmp), no_dist=not _distributed())
+    on_every_rank(lambda: _write_rng(tmp, rank))
+    on_main(commit)
     return final
 
 

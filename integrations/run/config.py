@@ -9,7 +9,7 @@ metadata). Each part of the pipeline receives the section it reads:
     cfg.batch      BatchOptions      iterations, prompts and sequences per step, micro-batches
     cfg.optim      OptimOptions      learning rates, schedule, weight decay, clipping
     cfg.rollout    RolloutOptions    the sampling distribution
-    cfg.ppo        PPOOptions        KL penalty, clipping, GAE, whitening, entropy bonus
+    cfg.ppo        PPOOptions        KL penalty, clipping, GAE or group baseline, whitening, ...
     cfg.safe_rlhf  SafeRLHFOptions   the Lagrange multiplier of --method safe-rlhf
     cfg.fast_rl    FastRLOptions     the reward weights of --method fast-rl
     cfg.engine     EngineOptions     device, threads, precision, FSDP2               (here)
@@ -225,10 +225,26 @@ def flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
+# Options added after run directories were written (``added_later=True``), with their declared
+# defaults: what those runs did (one sample per prompt, GAE, no critic warm-up). A run directory
+# written before an option existed has no key for it; its config.json reads back with the
+# default (Config.from_flat), and its checkpoint's hash was computed without it. Leaving such an
+# option out of the hash while it has that default keeps those checkpoints resumable
+# (tests/data/run_before_sections); any other value changes the trajectory, so it is hashed.
+ADDED_LATER: dict[str, Any] = {
+    f.name: f.default for _, f in options() if f.metadata.get("added_later")
+}
+
+
 def config_hash(cfg: Config) -> str:
     """sha256 of the options that determine the trajectory (steps, method, seeds, ...), over the
-    flat JSON form (key order does not matter)."""
-    data = {k: v for k, v in cfg.flat().items() if k not in BOOKKEEPING}
+    flat JSON form (key order does not matter); an option of :data:`ADDED_LATER` counts only
+    when it differs from its default."""
+    data = {
+        k: v
+        for k, v in cfg.flat().items()
+        if k not in BOOKKEEPING and not (k in ADDED_LATER and v == ADDED_LATER[k])
+    }
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -5,13 +5,26 @@ from __future__ import annotations
 
 import os
 import random
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from datetime import timedelta
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
 import torch.distributed as tdist
+
+T = TypeVar("T")
+
+# How long a rank waits in one collective before the process group gives up on its peers. The
+# longest legitimate wait is a rank that sits in a broadcast while rank 0 does its share alone:
+# writing the policy/ export of a 7B model (28 GB of float32 safetensors, ~2-5 minutes on a
+# network file system) or reading 14 GB of bf16 weights before broadcasting them into the
+# shards. 30 minutes covers those several times over, and bounds how long a rank whose peer
+# died without a word (killed, OOM, hung driver) can hold its GPUs: NCCL's own default (10 min)
+# would cut a slow export short, and no timeout at all would never free them. Failures that
+# raise are shared at once (:func:`on_main`); this is the backstop for those that cannot.
+PROCESS_GROUP_TIMEOUT = timedelta(minutes=30)
 
 
 @dataclass
@@ -39,7 +52,8 @@ def init_distributed(device: str) -> Dist:
     if world == 1:
         return Dist()
     if not tdist.is_initialized():
-        tdist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+        backend = "nccl" if device.startswith("cuda") else "gloo"
+        tdist.init_process_group(backend, timeout=PROCESS_GROUP_TIMEOUT)
     if device.startswith("cuda"):
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     return Dist(tdist.get_rank(), tdist.get_world_size())
@@ -63,6 +77,59 @@ def current() -> Dist:
 def barrier(d: Dist) -> None:
     if d.world > 1:
         tdist.barrier()
+
+
+class PeerFailure(RuntimeError):
+    """Raised on every rank when the work one rank did alone (or any rank's share of a joint
+    step) failed: the message is that rank's own error."""
+
+
+def on_main(fn: Callable[[], T]) -> T:
+    """Run ``fn`` on rank 0 alone and share its outcome: its return value on every rank, or its
+    exception, re-raised on rank 0 and as :class:`PeerFailure` with rank 0's message on every
+    other rank. Collective (one broadcast); just ``fn()`` with one process. Every piece of work
+    rank 0 does alone between collectives goes through here, so no rank is left waiting in the
+    next collective for a peer that already died."""
+    if not (tdist.is_available() and tdist.is_initialized()) or tdist.get_world_size() == 1:
+        return fn()
+    outcome: list[Any] = [None]
+    error: BaseException | None = None
+    if tdist.get_rank() == 0:
+        try:
+            outcome[0] = ("ok", fn())
+        except BaseException as err:  # noqa: BLE001 - shared, then re-raised unchanged
+            error = err
+            outcome[0] = ("error", f"{type(err).__name__}: {err}")
+    tdist.broadcast_object_list(outcome, src=0)
+    if error is not None:
+        raise error
+    status, value = outcome[0]
+    if status == "error":
+        raise PeerFailure(f"rank 0 failed: {value}")
+    return value  # type: ignore[no-any-return]
+
+
+def on_every_rank(fn: Callable[[], T]) -> T:
+    """Run ``fn`` on every rank and agree on the outcome: when it raised on any rank, every rank
+    raises (the failing rank its own error, the others :class:`PeerFailure` naming the first
+    failing rank and its message). Collective (one all-gather)."""
+    if not (tdist.is_available() and tdist.is_initialized()) or tdist.get_world_size() == 1:
+        return fn()
+    error: BaseException | None = None
+    result: Any = None
+    try:
+        result = fn()
+    except BaseException as err:  # noqa: BLE001 - shared, then re-raised unchanged
+        error = err
+    mine = None if error is None else f"{type(error).__name__}: {error}"
+    parts: list[Any] = [None] * tdist.get_world_size()
+    tdist.all_gather_object(parts, mine)
+    if error is not None:
+        raise error
+    for rank, message in enumerate(parts):
+        if message is not None:
+            raise PeerFailure(f"rank {rank} failed: {message}")
+    return result  # type: ignore[no-any-return]
 
 
 def process_group(d: Dist) -> Any:

@@ -11,6 +11,7 @@ from typing import Any, Literal
 
 from ..ppo.methods import objective_count
 from ..worlds.paper.memory import (
+    GPU_BUDGET_GIB,
     PUBLISHED_CONFIGS,
     ModelShape,
     gib,
@@ -24,7 +25,8 @@ from .presets import objective_names
 NOTE = (
     "trained weights are fp32 masters with fp32 gradients and AdamW moments (bf16 compute: "
     "autocast copies under DDP, MixedPrecisionPolicy under FSDP2); frozen models bf16; FSDP2 "
-    "shards every model but quantised scorers; activations are an estimate"
+    "shards every model but quantised scorers; activations are an estimate; fixed: CUDA context "
+    "0.5 GiB, NCCL 0.5 GiB (world size > 1), allocator reserve 5 % of the tensors"
 )
 
 
@@ -86,34 +88,43 @@ def dry_run_plan(cfg: Config) -> dict[str, Any]:
                 "quantization": quant,
             }
         )
-    memory: dict[str, Any] = {}
-    # FSDP2 shards full fine-tuning only; LoRA trains replicated
-    shardings: tuple[Literal["ddp", "fsdp2"], ...] = (
-        ("ddp",) if paper.lora_r > 0 else ("ddp", "fsdp2")
+    seq = paper.seq_len or paper.prompt_len + cfg.rollout.max_new_tokens
+    common: dict[str, Any] = dict(
+        world_size=world,
+        k=k,
+        quant=quant,
+        precision=cfg.engine.precision,
+        micro_batch=cfg.batch.micro_batch_size or cfg.batch.update_size,
+        rollout_batch=cfg.batch.rollout_size,
+        prompt_len=seq - min(cfg.rollout.max_new_tokens, seq - 1),
+        response_len=min(cfg.rollout.max_new_tokens, seq - 1),
+        gradient_checkpointing=paper.gradient_checkpointing,
     )
-    for sharding in shardings:
+    configured = f"lora-{paper.lora_r}" if paper.lora_r > 0 else f"full-{algo.critic_init}"
+    memory: dict[str, Any] = {}
+    for mode, label, lora_r, critic_init in _modes(configured, paper.lora_r, algo.critic_init):
+        sharding: Literal["ddp", "fsdp2"] = "fsdp2" if world > 1 and lora_r == 0 else "ddp"
         plan = memory_plan(
             policy,
             shapes,
-            world_size=world,
             sharding=sharding,
-            lora_r=paper.lora_r,
-            probe=probe,
-            k=k,
-            critic_init=algo.critic_init,
-            quant=quant,
-            precision=cfg.engine.precision,
-            micro_batch=cfg.batch.micro_batch_size or cfg.batch.update_size,
-            rollout_batch=cfg.batch.rollout_size,
-            seq_len=paper.seq_len,
-            response_len=min(cfg.rollout.max_new_tokens, paper.seq_len),
-            gradient_checkpointing=paper.gradient_checkpointing,
+            lora_r=lora_r,
+            probe=None if lora_r > 0 else probe,
+            critic_init=critic_init,
+            **common,
         )
-        memory[sharding] = {
+        memory[mode] = {
+            "label": f"{label} ({'FSDP2' if sharding == 'fsdp2' else 'DDP'})",
+            "sharding": sharding,
             "bytes": dict(plan.entries),
+            "phases": dict(plan.phases),
             "total_bytes": plan.total,
+            "total_gib": round(gib(plan.total), 2),
+            "fits": gib(plan.total) <= GPU_BUDGET_GIB,
             "notes": list(plan.notes),
         }
+    fitting = [m for m in memory if memory[m]["fits"]]
+    picked = configured if memory[configured]["fits"] or not fitting else fitting[0]
     return {
         "world_size": world,
         "sharding": "fsdp2" if fsdp_enabled(cfg, world) else "ddp",
@@ -132,7 +143,29 @@ def dry_run_plan(cfg: Config) -> dict[str, Any]:
         "scorers": scorers,
         "critic_init": algo.critic_init,
         "memory": memory,
+        "mode": {
+            "configured": configured,
+            "picked": picked,
+            "budget_gib": GPU_BUDGET_GIB,
+            "fits": memory[picked]["fits"],
+        },
     }
+
+
+def _modes(configured: str, lora_r: int, critic_init: str) -> list[tuple[str, str, int, Any]]:
+    """(key, label, lora_r, critic_init) of each mode the plan compares, in the order the preset
+    prefers them when the configured one does not fit: full fine-tuning with score-model critics
+    (the default), with value heads on the policy, then LoRA (r = --lora-r, or 16)."""
+    r = lora_r or 16
+    lora_critics = critic_init if lora_r > 0 else "score"
+    modes = [
+        ("full-score", "full, score critics", 0, "score"),
+        ("full-head", "full, head critics", 0, "head"),
+        (f"lora-{r}", f"LoRA r={r}, {lora_critics} critics", r, lora_critics),
+    ]
+    if configured == "full-copy":
+        modes.insert(0, ("full-copy", "full, copy critics", 0, "copy"))
+    return modes
 
 
 def _bank(shape: ModelShape, probe: str | None, trainable: int) -> int:
@@ -163,26 +196,40 @@ def format_plan(plan: dict[str, Any]) -> str:
         lines.append(f"{s['kind']:<6}  {s['model']}  [{s['source']}]")
         lines.append(f"  parameters {s['parameters']:,} ({s['name']}, {s['quantization']})")
     lines.append(f"critics {plan['critic_init']}")
-    columns = {"ddp": "DDP", "fsdp2": "FSDP2"}
-    memory = {columns[k]: m for k, m in plan["memory"].items()}
-    lines += [
-        "",
-        f"per-GPU memory, world size {plan['world_size']} (GiB); this run: "
-        f"{columns[plan['sharding']]}",
-    ]
+    memory, mode = plan["memory"], plan["mode"]
+    picked = memory[mode["picked"]]
+    verdict = (
+        f"fits {mode['budget_gib']:.0f} GiB"
+        if picked["fits"]
+        else f"nothing fits {mode['budget_gib']:.0f} GiB"
+    )
+    lines += ["", f"per-GPU memory, world size {plan['world_size']} (GiB), one column per mode"]
     names = list(dict.fromkeys(n for m in memory.values() for n in m["bytes"]))
+    last = ("transient peak", "allocator reserve", "CUDA context")  # after every component
+    names.sort(key=lambda n: next((i + 1 for i, p in enumerate(last) if n.startswith(p)), 0))
     width = max(len(n) for n in names)
-    lines.append(f"  {'component':<{width}}" + "".join(f"  {c:>8}" for c in memory))
+    for key, m in memory.items():
+        lines.append(f"  [{key}] {m['label']}")
+    lines.append(f"  {'component':<{width}}" + "".join(f"  {k:>12}" for k in memory))
     for name in names:
         cells = [
-            f"{gib(m['bytes'][name]):8.2f}" if name in m["bytes"] else f"{'-':>8}"
+            f"{gib(m['bytes'][name]):12.2f}" if name in m["bytes"] else f"{'-':>12}"
             for m in memory.values()
         ]
         lines.append(f"  {name:<{width}}  " + "  ".join(cells))
-    totals = "  ".join(f"{gib(m['total_bytes']):8.2f}" for m in memory.values())
+    totals = "  ".join(f"{gib(m['total_bytes']):12.2f}" for m in memory.values())
     lines.append(f"  {'total':<{width}}  {totals}")
     lines.append("")
-    lines.extend(f"note: {n}" for m in memory.values() for n in m["notes"])
+    if mode["picked"] == mode["configured"]:
+        lines.append(f"this run: {picked['label']}: {picked['total_gib']:.2f} GiB, {verdict}")
+    else:
+        conf = memory[mode["configured"]]
+        lines.append(
+            f"this run: {conf['label']} needs {conf['total_gib']:.2f} GiB > "
+            f"{mode['budget_gib']:.0f} GiB: the preset picks {picked['label']} "
+            f"({picked['total_gib']:.2f} GiB)"
+        )
+    lines.extend(f"note [{k}]: {n}" for k, m in memory.items() for n in m["notes"])
     lines.append(f"note: {NOTE}")
     return "\n".join(lines)
 

@@ -15,8 +15,9 @@ from torch import nn
 from ..worlds.base import Setup
 from . import presets
 from .config import Config, config_hash
-from .dist import current, seed_everything
+from .dist import current, init_distributed, resolve_device, seed_everything
 from .heldout import evaluate_policy
+from .learner import shard_world
 from .parse import parse_config
 from .runio import load_checkpoint, load_policy_weights, read_checkpoint, write_config, write_eval
 
@@ -39,9 +40,12 @@ def evaluate_run(run: Path, n_prompts: int | None = None) -> dict[str, Any]:
     """Evaluate the policy of ``run``'s newest checkpoint (its config.json decides the preset)."""
     cfg = parse_config(["--resume", str(run), "--no-progress"])
     state = load_checkpoint(Path(run), config_hash(cfg))
+    device = resolve_device(cfg.engine.device)
+    d = init_distributed(device)  # under torchrun: every rank evaluates its share
     seed_everything(cfg.run.seed)
     setup = presets.build_setup(cfg)
-    load_policy_weights(state, setup.policy)
+    shard_world(cfg, setup, presets.select_scorers(cfg, setup), d, device)  # as training does
+    load_policy_weights(state, setup.policy)  # DCP reads each rank's shards
     return evaluate(cfg, setup, setup.policy, n_prompts or cfg.eval.eval_size)
 
 

@@ -36,11 +36,14 @@ def evaluate_policy(
 
     ``samples`` responses per prompt (``--eval-samples``), sampled ``batch`` at a time with the
     run's decoding settings ``rollout`` (the training temperature) from a fixed seed. Returns ``{"prompts": n, "samples": per prompt,
-    "objectives": {name: {"kind", "score", "se", "raw_mean"}}, "harmless_ratio": r | None,
+    "objectives": {name: {"kind", "score", "se", "raw_mean", "per_prompt"}},
+    "harmless_ratio": r | None,
     "average": mean of the scores, "groups": {group: the same columns}}``; "score" is R
     (reward) or −C (cost), "se" its standard error over prompts (the spread of the per-prompt
     means: a prompt's samples are not independent), "raw_mean" the scorer's own number (R or
-    C), harmless ratio = share with C < 0 of the first cost objective; "groups" splits the
+    C), "per_prompt" the per-prompt mean scores in prompt order (every policy is evaluated on
+    the same prompts, so two evaluations can be compared prompt by prompt), harmless ratio =
+    share with C < 0 of the first cost objective; "groups" splits the
     prompts by ``setup.categories`` (tiny: benign / harmful). Further held-out sets
     (``setup.eval_sets``, mistral-7b: HH-RLHF test) add their own columns under ``"columns"``.
     Collective under torchrun: every rank calls it and gets the same result.
@@ -115,7 +118,8 @@ def _sample_and_score(
 
 def table_columns(scorers: Sequence[Scorer], raw: torch.Tensor) -> dict[str, Any]:
     """Table 1 columns of raw scores ``[K, prompts, samples]``: per objective its score (R or
-    −C), standard error over prompts and raw mean; the harmless ratio; the average score."""
+    −C), standard error over prompts, raw mean and per-prompt means; the harmless ratio; the
+    average score."""
     scores = objective_rewards(scorers, raw.flatten(1)).view(raw.shape)
     per_prompt = scores.mean(2)  # [K, prompts]
     n = per_prompt.shape[1]
@@ -125,6 +129,7 @@ def table_columns(scorers: Sequence[Scorer], raw: torch.Tensor) -> dict[str, Any
             "score": float(scores[k].mean()),
             "se": float(per_prompt[k].std() / n**0.5) if n > 1 else 0.0,
             "raw_mean": float(raw[k].mean()),
+            "per_prompt": per_prompt[k].tolist(),
         }
         for k, s in enumerate(scorers)
     }

@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import functools
 import math
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -16,7 +18,8 @@ from torch import nn
 
 import mogd
 
-from ..ppo.critics import build_critic, disable_dropout
+from ..ppo.critic_warmup import warm_up_critic
+from ..ppo.critics import NoCritic, build_critic, disable_dropout
 from ..ppo.methods import Plan, make_plan
 from ..ppo.multipliers import Lagrangian, RewardWeights
 from ..ppo.optim import find_module, warmup_cosine
@@ -29,6 +32,7 @@ from .dist import Dist, process_group
 from .sharding import (
     autocast,
     ensure_process_group,
+    is_sharded_model,
     master_weights_fp32,
     shard_model,
     shard_trunks,
@@ -46,7 +50,7 @@ class Learner:
     plan: Plan  # the method's critic streams, policy losses and MOGD weighting
     policy: Any  # a transformers causal LM (peft- or FSDP2-wrapped)
     reference: nn.Module | None  # None: the LoRA policy with its adapters disabled
-    critic: nn.Module
+    critic: nn.Module  # NoCritic under --advantage group
     head_critic: bool  # the values read the policy's own hidden states
     trainable: list[nn.Parameter]
     probe: nn.Module | None
@@ -72,6 +76,30 @@ class Learner:
         )
 
 
+def shard_world(cfg: Config, setup: Setup, scorers: list[Scorer], d: Dist, device: str) -> bool:
+    """The world's models in the run's precision and sharding (training and ``evaluate.py``
+    alike): the policy's trainable weights float32 masters, and with FSDP2 the policy, the
+    reference and the scorers' backbones sharded (models a world loaded sharded stay as they
+    are). Returns whether FSDP2 is on."""
+    policy, reference = setup.policy, setup.reference
+    fsdp = fsdp_enabled(cfg, d.world)
+    precision = cfg.engine.precision
+    if not is_sharded_model(policy):
+        master_weights_fp32(policy)
+    if not fsdp:
+        return False
+    ensure_process_group(device)
+    if not is_sharded_model(policy):
+        shard_model(policy, precision)
+    if reference is not None and not is_sharded_model(reference):
+        shard_model(reference, precision)
+    for scorer in scorers:  # bf16 backbones, as they were trained; float32 score heads
+        model = getattr(scorer, "model", None)
+        if isinstance(model, nn.Module) and not is_sharded_model(model):
+            shard_trunks(model, "bf16", device)
+    return True
+
+
 def build_learner(cfg: Config, setup: Setup, steps: int, d: Dist, device: str) -> Learner:
     """The models (float32 masters, sharded with FSDP2 when on), the method's plan, MOGD around
     AdamW with the warm-up cosine schedule over ``steps`` iterations, the critic's optimizer and
@@ -81,23 +109,35 @@ def build_learner(cfg: Config, setup: Setup, steps: int, d: Dist, device: str) -
     plan = make_plan(algo.method, scorers, p=algo.p, update=algo.update, preference=algo.preference)
     policy, reference = setup.policy, setup.reference
     disable_dropout(policy)  # the old and new log-probs of a sample must agree exactly
-    score_critics = presets.score_critics(cfg, setup)
-    critic = build_critic(algo.critic_init, policy, plan.streams, device, score_critics)
+    group = cfg.ppo.advantage == "group"  # no critic: the prompt's other samples are the baseline
+    if group:
+        critic: nn.Module = NoCritic(len(plan.streams))
+    else:
+        score_critics = presets.score_critics(cfg, setup)
+        critic = build_critic(algo.critic_init, policy, plan.streams, device, score_critics)
+    if cfg.tiny.critic_warmup and not group and algo.critic_init != "score":
+        warmup = warm_up_critic(  # cached beside the SFT policy, like the SFT
+            critic,
+            setup,
+            scorers,
+            plan,
+            rollouts=cfg.tiny.critic_warmup,
+            batch=cfg.batch.rollout_size,
+            rollout=cfg.rollout,
+            ppo=cfg.ppo,
+            lr=cfg.optim.critic_lr,
+            cache_dir=Path(cfg.tiny.cache_dir),
+        )
+        if d.main:
+            print(f"critic warm-up: {warmup}", file=sys.stderr)
     # precision and sharding (integrations/run/sharding.py): trained weights are float32 masters
     # at every precision; FSDP2 shards every transformer (policy, reference, scorers, critics)
-    fsdp = fsdp_enabled(cfg, d.world)
+    fsdp = shard_world(cfg, setup, scorers, d, device)
     precision = cfg.engine.precision
-    master_weights_fp32(policy)
-    master_weights_fp32(critic)
-    if fsdp:
-        ensure_process_group(device)
-        shard_model(policy, precision)
-        if reference is not None:
-            shard_model(reference, precision)
-        shard_trunks(critic, precision, device)  # value heads stay float32, replicated
-        for scorer in scorers:  # bf16 backbones, as they were trained; float32 score heads
-            if isinstance(getattr(scorer, "model", None), nn.Module):
-                shard_trunks(scorer.model, "bf16", device)  # type: ignore[attr-defined]
+    if not is_sharded_model(critic):  # score critics may come sharded from their loader
+        master_weights_fp32(critic)
+        if fsdp:
+            shard_trunks(critic, precision, device)  # value heads stay float32, replicated
     probe = None if algo.probe == "full" else find_module(policy, algo.probe, "--probe")
 
     optim, batch = cfg.optim, cfg.batch
@@ -123,7 +163,7 @@ def build_learner(cfg: Config, setup: Setup, steps: int, d: Dist, device: str) -
         policy=policy,
         reference=reference,
         critic=critic,
-        head_critic=algo.critic_init == "head",
+        head_critic=algo.critic_init == "head" and not group,
         trainable=trainable,
         probe=probe,
         fsdp=fsdp,

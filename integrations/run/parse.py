@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from ..ppo.methods import METHODS
 from .config import BOOKKEEPING, SECTIONS, Config, Preset, flag, option_presets
 from .presets import PRESETS
 from .validate import validate
@@ -21,7 +22,8 @@ def make_config(preset: Preset = "tiny", **given: Any) -> Config:
 
     Defaults come from the preset's row of :data:`~.presets.PRESETS`, then from the option's
     declaration. Giving ``steps`` or ``epochs`` drops the other one's preset default; with LoRA
-    the probe defaults to full mode (the LM head is frozen, so there is nothing to probe).
+    the probe defaults to full mode (the LM head is frozen, so there is nothing to probe); a
+    scalarised method (morlhf, fast-rl) falls back from a preset's ``score`` critic to ``head``.
     """
     if preset not in PRESETS:
         raise ValueError(f"--preset must be one of {', '.join(PRESETS)}; got {preset!r}")
@@ -42,6 +44,14 @@ def make_config(preset: Preset = "tiny", **given: Any) -> Config:
         values["steps"] = None
     if "probe" not in given and given.get("lora_r", 0) > 0:
         values["probe"] = "full"
+    method = given.get("method", "gapo")
+    if (
+        "critic_init" not in given
+        and values.get("critic_init") == "score"
+        and method in METHODS
+        and METHODS[method].streams == "scalarised"
+    ):
+        values["critic_init"] = "head"  # a scalarised stream has no score model of its own
     if given.get("probe", "full") != "full" and "micro_batch_size" not in given:
         values["micro_batch_size"] = None  # a probe takes the whole update batch in one step
     values.update(given)
@@ -85,6 +95,7 @@ def build_parser(prog: str = "rlhf_mistral.py") -> argparse.ArgumentParser:
         for f in dataclasses.fields(getattr(defaults, sec.name)):
             meta = dict(f.metadata)
             meta.pop("bookkeeping")
+            meta.pop("added_later")
             if "action" not in meta and "type" not in meta:
                 meta["type"] = PARSERS.get(str(f.type), str)
             default = f"(default: {f.default}"

@@ -14,6 +14,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from ..ppo.critics import reward_signed
 from ..worlds.base import Scorer, Setup
 from .config import Config, Preset, fsdp_enabled
 from .dist import resolve_device
@@ -45,10 +46,16 @@ PRESETS: dict[Preset, PresetSpec] = {
             "lr": 2e-4,
             "lambda_threshold": -0.8,
             "threads": 1,
+            "max_new_tokens": 48,  # the longest corpus answer is ~45 tokens: nothing is cut
+            "probe": "lm_head",  # the Gram where the half-batch cosine is signal (README)
+            "advantage": "group",  # measured: unbiased credit, the signal of item 5 (README)
+            "samples_per_prompt": 4,
+            "critic_warmup": 512,
         },
     ),
-    # The paper's Table 2 (Li et al. 2025, App. B), with Safe RLHF's critic on the policy's
-    # features (no second 7B trunk): micro-batches of 16 sequences, 8 accumulated per step, in
+    # The paper's Table 2 (Li et al. 2025, App. B), with Safe RLHF's critics from the score
+    # models (make_config falls back to heads on the policy's features for morlhf and fast-rl,
+    # whose scalarised stream has no score model of its own): micro-batches of 16 sequences, 8 accumulated per step, in
     # bf16 over fp32 master weights. Each objective's gradient is accumulated in full mode:
     # under FSDP2 its bank costs one more gradient shard (3.4 GiB per GPU at 8 GPUs), while the
     # LM-head probe (--probe lm_head) needs all 128 sequences in one forward (about 77 GiB of
@@ -67,7 +74,7 @@ PRESETS: dict[Preset, PresetSpec] = {
             "epochs": 2.0,
             "lambda_lr": 0.01,
             "lambda_max": 10.0,
-            "critic_init": "head",
+            "critic_init": "score",  # Safe RLHF: reward critic from R, cost critic from C
             "probe": "full",
             "micro_batch_size": 16,
             "precision": "bf16",
@@ -105,8 +112,32 @@ def build_setup(cfg: Config) -> Setup:
     from ..worlds.paper.setup import build_paper_setup
 
     # FSDP2 shards from a CPU copy straight onto the devices (no rank holds a whole model)
-    sharded = fsdp_enabled(cfg, int(os.environ.get("WORLD_SIZE", "1")))
-    return build_paper_setup(cfg.paper, device, load_on="cpu" if sharded else None)
+    sharded = _sharded(cfg)
+    return build_paper_setup(cfg.paper, device, load_on="cpu" if sharded else None, sharded=sharded)
+
+
+def _sharded(cfg: Config) -> Any:
+    """How the paper world loads its models under FSDP2 (a ``worlds.paper.loading.Sharded``):
+    on the meta device, sharded in the run's precision (bf16 for frozen models), filled from
+    rank 0's read; None without FSDP2."""
+    if not fsdp_enabled(cfg, int(os.environ.get("WORLD_SIZE", "1"))):
+        return None
+    from ..worlds.paper.loading import Sharded
+    from .dist import on_main
+    from .sharding import ensure_process_group, shard_model, shard_trunks
+
+    device = resolve_device(cfg.engine.device)
+    ensure_process_group(device)
+    precision = cfg.engine.precision
+
+    def shard(model: nn.Module, trainable: bool) -> None:
+        dtype = precision if trainable else "bf16"
+        if getattr(model, "_no_split_modules", None):  # a causal LM: its root is a unit too
+            shard_model(model, dtype)
+        else:  # a score model or critic: its trunk; the float32 head stays replicated
+            shard_trunks(model, dtype, None)
+
+    return Sharded(shard=shard, on_main=on_main, device=device)
 
 
 def select_scorers(cfg: Config, setup: Setup) -> list[Scorer]:
@@ -123,9 +154,14 @@ def select_scorers(cfg: Config, setup: Setup) -> list[Scorer]:
 
 def score_critics(cfg: Config, setup: Setup) -> dict[str, nn.Module] | None:
     """``--critic-init score``: one critic per objective from its score model (the paper's world
-    builds them; validation allows it there only); None for the other critics."""
-    if cfg.algorithm.critic_init != "score":
+    builds them; validation allows it there only), each predicting its objective's reward (a
+    cost model's critic predicts −C: :func:`~..ppo.critics.reward_signed`); None for the other
+    critics and under ``--advantage group`` (no critic)."""
+    if cfg.algorithm.critic_init != "score" or cfg.ppo.advantage == "group":
         return None
     from ..worlds.paper.setup import build_score_critics  # loads 7B score models
 
-    return dict(build_score_critics(cfg.paper, setup, resolve_device(cfg.engine.device)))
+    kinds = dict(PRESETS[cfg.run.preset].objectives)
+    device = resolve_device(cfg.engine.device)
+    critics = build_score_critics(cfg.paper, setup, device, sharded=_sharded(cfg))
+    return {name: reward_signed(critic, kinds[name]) for name, critic in critics.items()}

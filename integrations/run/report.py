@@ -21,6 +21,8 @@ __all__ = [
     "plot_front",
     "point",
     "reference_point",
+    "significance",
+    "significance_markdown",
     "summarise",
     "table_row",
     "write_csv",
@@ -54,12 +56,16 @@ def reference_point(points: Sequence[Sequence[float]]) -> list[float]:
 
 def table_row(label: str, seed: int, result: dict[str, Any]) -> dict[str, Any]:
     """A row of compare.json: one method and seed, its objectives' scores with their evaluation
-    standard errors, and the harmless ratio."""
+    standard errors, their per-prompt mean scores (where eval.json has them: :func:`significance`
+    pairs methods by prompt), and the harmless ratio."""
     return {
         "method": label,
         "seed": seed,
         "scores": {n: o["score"] for n, o in result["objectives"].items()},
         "se": {n: o["se"] for n, o in result["objectives"].items()},
+        "per_prompt": {
+            n: o["per_prompt"] for n, o in result["objectives"].items() if "per_prompt" in o
+        },
         "harmless_ratio": result["harmless_ratio"],
     }
 
@@ -67,10 +73,100 @@ def table_row(label: str, seed: int, result: dict[str, Any]) -> dict[str, Any]:
 def mean_se(values: Sequence[float]) -> tuple[float, float]:
     """Mean and standard error of the mean (sample std / √n; 0 for one value)."""
     n = len(values)
+    if n < 2 or len(set(values)) == 1:  # (x + x + x) / 3 need not be x: identical rows are SE 0
+        return (values[0] if n else float("nan")), 0.0
     mean = sum(values) / n
-    if n < 2:
-        return mean, 0.0
     return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1) / n)
+
+
+def significance(
+    summary: dict[str, Any], pairs: Sequence[tuple[str, str]] | None = None
+) -> list[dict[str, Any]]:
+    """Differences of mean scores between methods, with a combined standard error.
+
+    A method's mean over its seeds has the seed SE (sample std / √n, which holds each run's own
+    evaluation noise). A method that is one model, SFT (its "seeds" are one evaluation), has no
+    seed spread: its SE is its evaluation SE over prompts, the rows' ``"se"``. Unpaired:
+    SE(a − b) = √(SE_a² + SE_b²), each SE the seed SE, or the mean evaluation SE where the seed
+    SE is 0 (one seed, or identical rows), and z = (a − b) / SE(a − b).
+
+    Paired (where every row of both methods carries ``"per_prompt"`` scores of the same
+    prompts): every policy is evaluated on the same held-out prompts, so a prompt's difficulty,
+    common to both, is no noise in their difference. With d_p = ā_p − b̄_p (each method's
+    per-prompt score averaged over its seeds), SE(a − b) = √(sa² + sb² + s_d² / P): sa, sb the
+    seed SEs (0 for SFT), s_d the std of d_p over the P prompts (the two evaluations' sampling
+    noise and the prompt-by-method interaction; a's sampling noise is counted twice, in its seed
+    SE and in s_d, so the paired SE errs on the large side). ``"paired"`` says which was used.
+    Default pairs: every method against ``sft``, and ``gapo-p1`` / ``gapo-p2`` against ``mgda``."""
+    names = summary["objectives"]
+    by: dict[str, list[dict[str, Any]]] = {}
+    for r in summary["rows"]:
+        by.setdefault(r["method"], []).append(r)
+    if pairs is None:
+        pairs = [(m, "sft") for m in by if m != "sft" and "sft" in by]
+        pairs += [(g, "mgda") for g in ("gapo-p1", "gapo-p2") if g in by and "mgda" in by]
+
+    def stat(method: str, name: str) -> tuple[float, float, float]:
+        rows = by[method]
+        mean, se = mean_se([r["scores"][name] for r in rows])
+        eval_se = se
+        if se == 0.0:
+            evals = [r.get("se", {}).get(name, 0.0) for r in rows]
+            eval_se = sum(evals) / len(evals)
+        return mean, se, eval_se
+
+    def prompt_means(method: str, name: str) -> list[float] | None:
+        per = [r.get("per_prompt", {}).get(name) for r in by[method]]
+        if not per or any(p is None for p in per) or len({len(p) for p in per}) != 1:
+            return None
+        return [sum(col) / len(col) for col in zip(*per, strict=True)]
+
+    out = []
+    for a, b in pairs:
+        if a not in by or b not in by:
+            continue
+        for name in names:
+            (ma, sa, ea), (mb, sb, eb) = stat(a, name), stat(b, name)
+            pa, pb = prompt_means(a, name), prompt_means(b, name)
+            paired = pa is not None and pb is not None and len(pa) == len(pb) > 1
+            if paired:
+                assert pa is not None and pb is not None
+                d = [x - y for x, y in zip(pa, pb, strict=True)]
+                _, sd = mean_se(d)
+                se = math.sqrt(sa**2 + sb**2 + sd**2)
+            else:
+                se = math.sqrt(ea**2 + eb**2)
+            out.append(
+                {
+                    "method": a,
+                    "against": b,
+                    "objective": name,
+                    "difference": ma - mb,
+                    "se": se,
+                    "z": (ma - mb) / se if se > 0 else float("nan"),
+                    "paired": paired,
+                }
+            )
+    return out
+
+
+def significance_markdown(rows: list[dict[str, Any]]) -> str:
+    """The :func:`significance` rows as a table; |z| > 2 marked."""
+    if not rows:
+        return ""
+    lines = [
+        "\nDifferences (combined SE: seed SE of each side and, paired by prompt, the SE of the "
+        "per-prompt differences; unpaired, SFT's evaluation SE):\n",
+        "| method | against | objective | difference | combined SE | z |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        mark = " **" if abs(r["z"]) > 2 else ""
+        lines.append(
+            f"| {r['method']} | {r['against']} | {r['objective']} | {r['difference']:+.3f} | "
+            f"{r['se']:.3f} | {r['z']:+.2f}{mark} |"
+        )
+    return "\n".join(lines) + "\n"
 
 
 def summarise(summary: dict[str, Any], rows: list[dict[str, Any]] | None = None) -> list[dict]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -27,17 +28,23 @@ from ..ppo.rollout import harmless_ratio, objective_rewards
 from ..worlds.base import Scorer, Setup
 from . import checkpoint
 from .config import Config, config_hash
-from .dist import Dist, seed_everything
+from .dist import Dist, on_main, seed_everything
 from .sharding import is_sharded_model
 
 CHECKPOINTS = "checkpoints"
 
 
 def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to a temporary file and rename it: a reader never sees half a file."""
+    """Write ``text`` to a temporary file, sync it to disk and rename it (then sync the
+    directory): a reader never sees half a file, and a crash leaves the old file or the new."""
+    path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
+    with open(tmp, "w") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
     os.replace(tmp, path)
+    checkpoint.fsync_dir(path.parent)
 
 
 def write_config(out: Path, cfg: Config) -> None:
@@ -217,30 +224,59 @@ def restore(
 def save_policy(out: Path, setup: Setup, policy: nn.Module, d: Dist) -> Path:
     """``out/policy/``: the policy in Hugging Face format (``save_pretrained``) with its
     tokenizer, in the dtype of its (master) weights, loadable by
-    ``AutoModelForCausalLM.from_pretrained``; rank 0 writes it (every rank calls this). An
-    FSDP2-sharded policy is gathered to rank 0's CPU first. A LoRA policy also writes its adapter
-    to ``out/adapter/`` and saves the merged model; the merge happens in place, so this is the
-    last thing a run does with its policy."""
+    ``AutoModelForCausalLM.from_pretrained``; rank 0 writes it (every rank calls this, and every
+    rank raises when rank 0's write failed). An FSDP2-sharded policy is gathered to rank 0's CPU
+    first. A LoRA policy also writes its adapter to ``out/adapter/`` and saves the merged model;
+    the merge happens in place, so this is the last thing a run does with its policy.
+
+    Each folder is written to ``.NAME.tmp``, synced to disk and renamed over the previous
+    export: a failure or a kill midway leaves the previous ``policy/`` (or none), never half."""
     path = out / "policy"
-    model: Any = policy
-    if is_sharded_model(policy):  # every rank sends its shards; rank 0 saves an unwrapped twin
-        full = StateDictOptions(full_state_dict=True, cpu_offload=True)
-        weights = get_model_state_dict(policy, options=full)
-        if d.main:
+    full: dict[str, Any] | None = None
+    if is_sharded_model(policy):  # every rank sends its shards (collective)
+        options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+        full = get_model_state_dict(policy, options=options)
+
+    def export() -> None:
+        model: Any = policy
+        if full is not None:  # rank 0 saves an unwrapped twin holding the gathered weights
             from transformers import AutoModelForCausalLM
 
             with torch.device("meta"):
                 model = AutoModelForCausalLM.from_config(policy.config)  # type: ignore[arg-type]
-            model.load_state_dict(weights, assign=True)
+            model.load_state_dict(full, assign=True)
             model.generation_config = policy.generation_config  # type: ignore[assignment]
-    elif hasattr(policy, "merge_and_unload") and d.main:  # peft: the adapter, then the merge
-        policy.save_pretrained(out / "adapter")  # type: ignore[operator]
-        setup.tokenizer.save_pretrained(out / "adapter")
-        model = policy.merge_and_unload()  # type: ignore[operator]
-    if d.main:
-        model.save_pretrained(path)
-        setup.tokenizer.save_pretrained(path)
+        elif hasattr(policy, "merge_and_unload"):  # peft: the adapter, then the merge
+            _replace_dir(out / "adapter", lambda tmp: _save_pretrained(policy, setup, tmp))
+            model = policy.merge_and_unload()  # type: ignore[operator]
+        _replace_dir(path, lambda tmp: _save_pretrained(model, setup, tmp))
+
+    on_main(export)
     return path
+
+
+def _save_pretrained(model: Any, setup: Setup, folder: Path) -> None:
+    model.save_pretrained(folder)
+    setup.tokenizer.save_pretrained(folder)
+
+
+def _replace_dir(final: Path, write: Any) -> None:
+    """``write(tmp)`` into ``.NAME.tmp`` next to ``final``, sync it, and swap it in for
+    ``final``: the old folder is renamed aside first and deleted last."""
+    tmp = final.with_name(f".{final.name}.tmp")
+    old = final.with_name(f".{final.name}.old")
+    for stale in (tmp, old):
+        if stale.exists():
+            shutil.rmtree(stale)
+    tmp.mkdir(parents=True)
+    write(tmp)
+    checkpoint.fsync_tree(tmp)
+    if final.exists():
+        os.replace(final, old)
+    os.replace(tmp, final)
+    checkpoint.fsync_dir(final.parent)
+    if old.exists():
+        shutil.rmtree(old)
 
 
 # ----------------------------------------------------------------------------- metrics

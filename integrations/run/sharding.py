@@ -33,6 +33,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from .dist import PROCESS_GROUP_TIMEOUT
+
 __all__ = [
     "PRECISIONS",
     "autocast",
@@ -124,11 +126,12 @@ def shardable(model: object) -> bool:
     return True
 
 
-def shard_trunks(model: nn.Module, precision: str, device: str | torch.device) -> bool:
+def shard_trunks(model: nn.Module, precision: str, device: str | torch.device | None) -> bool:
     """Shard each outermost transformers model inside ``model`` (a score model's backbone, a
     critic's trunk) with :func:`shard_model`, and move what stays replicated (score and value
-    heads, buffers) to ``device``: the heads keep their float32 weights and compute. Returns
-    whether anything was sharded."""
+    heads, buffers) to ``device`` (None: leave them, e.g. on the meta device until
+    ``to_empty``): the heads keep their float32 weights and compute. Returns whether anything
+    was sharded."""
     trunks: list[str] = []
     for name, module in model.named_modules():
         if any(name.startswith(t + ".") for t in trunks) or not name:
@@ -137,6 +140,8 @@ def shard_trunks(model: nn.Module, precision: str, device: str | torch.device) -
             trunks.append(name)
     for name in trunks:
         shard_model(model.get_submodule(name), precision)
+    if device is None:
+        return bool(trunks)
     with torch.no_grad():
         for tensor in [*model.parameters(), *model.buffers()]:
             if not hasattr(tensor, "device_mesh"):  # not a DTensor shard
@@ -214,6 +219,6 @@ def ensure_process_group(device: str | torch.device) -> None:
         return
     backend = "nccl" if torch.device(device).type == "cuda" else "gloo"
     if "MASTER_ADDR" in os.environ and "WORLD_SIZE" in os.environ:
-        dist.init_process_group(backend)
+        dist.init_process_group(backend, timeout=PROCESS_GROUP_TIMEOUT)
     else:
         dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1)

@@ -71,7 +71,7 @@ def validate(cfg: Config) -> None:
         "episode_cost_window",
         "eval_samples",
         "score_batch_size",
-        "seq_len",
+        "prompt_len",
     )
     for name in positive_ints:
         if cfg.get(name) < 1:
@@ -98,6 +98,7 @@ def validate(cfg: Config) -> None:
         "lora_r",
         "max_train_prompts",
         "max_eval_prompts",
+        "seq_len",
     )
     for name in non_negative:
         if cfg.get(name) is not None and cfg.get(name) < 0:
@@ -146,7 +147,24 @@ def validate(cfg: Config) -> None:
         raise ValueError(
             "--probe lm_head with --lora-r > 0: the LM head is frozen under LoRA; use --probe full"
         )
-    if a.critic_init == "score" and (cfg.run.preset not in PAPER or spec.streams == "scalarised"):
+    m = b.samples_per_prompt
+    if m < 1 or b.rollout_size % m:
+        raise ValueError(
+            f"--samples-per-prompt {m} must be >= 1 and divide the {b.rollout_size} sequences "
+            "of an iteration (batch-size x grad-accum)"
+        )
+    if cfg.ppo.advantage not in ("gae", "group"):
+        raise ValueError(f"--advantage must be gae or group; got {cfg.ppo.advantage!r}")
+    if cfg.ppo.advantage == "group" and m < 2:
+        raise ValueError(
+            f"--advantage group needs --samples-per-prompt >= 2 (a leave-one-out baseline); got {m}"
+        )
+    if cfg.tiny.critic_warmup < 0:
+        raise ValueError(f"--critic-warmup must be >= 0; got {cfg.tiny.critic_warmup}")
+    # (under --advantage group no critic is built, score models or not)
+    if a.critic_init == "score" and (
+        cfg.run.preset not in PAPER or (spec.streams == "scalarised" and cfg.ppo.advantage == "gae")
+    ):
         raise ValueError(
             "--critic-init score needs a score model per stream: mistral-7b preset and a "
             "method whose streams are objectives (not morlhf)"

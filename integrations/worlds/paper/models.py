@@ -20,6 +20,7 @@ __all__ = [
     "format_chat",
     "load_policy",
     "load_reference",
+    "policy_tokenizer",
     "resolve_pretrained",
     "with_lora",
 ]
@@ -119,7 +120,7 @@ def load_policy(
     the same model inside ``with policy.disable_adapter():``). The tokenizer pads on the left for
     generation and has a pad token.
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     from ..base import LOCAL_MODEL_KWARGS
 
@@ -132,13 +133,22 @@ def load_policy(
     if lora_r > 0:
         model = with_lora(model, lora_r, lora_alpha, option="--lora-r")
     model.to(device).train()
+    tokenizer = policy_tokenizer(path, model)
+    return model, tokenizer, functools.partial(format_chat, tokenizer)
+
+
+def policy_tokenizer(path: Path, model: Any) -> Any:
+    """The policy's tokenizer, padding on the left for generation, with a pad token (also set
+    in ``model``'s generation config)."""
+    from transformers import AutoTokenizer
+
     tokenizer = AutoTokenizer.from_pretrained(path)
     tokenizer.padding_side = "left"
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     if model.generation_config.pad_token_id is None:  # silences generate()'s per-call warning
         model.generation_config.pad_token_id = tokenizer.pad_token_id
-    return model, tokenizer, functools.partial(format_chat, tokenizer)
+    return tokenizer
 
 
 def load_reference(

@@ -41,7 +41,12 @@ class PaperOptions:
     max_eval_prompts: int = option(0, "keep the first N distinct prompts per eval set (0 = all)")
     score_batch_size: int = option(16, "scorer batch size")
     world_size: int | None = option(None, "GPUs for --dry-run; None = $WORLD_SIZE or 1")
-    seq_len: int = option(512, "prompt + response tokens, for --dry-run")
+    prompt_len: int = option(
+        128, "longest prompt in tokens (chat template included), for --dry-run"
+    )
+    seq_len: int = option(
+        0, "prompt + response tokens for --dry-run; 0 = --prompt-len + --max-new-tokens"
+    )
 
     @property
     def quantization(self) -> Literal["8bit", "4bit"] | None:

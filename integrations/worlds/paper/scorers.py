@@ -45,6 +45,8 @@ __all__ = [
     "ScoreCritic",
     "build_score_critic",
     "load_score_model",
+    "score_normalizer",
+    "score_tokenizer",
     "transfer_embeddings",
 ]
 
@@ -171,7 +173,7 @@ def load_score_model(
     Returns the model and its own tokenizer. ``quantization`` loads the backbone's linear layers
     through bitsandbytes (the score head stays in float32).
     """
-    from transformers import AutoConfig, AutoModel, AutoTokenizer
+    from transformers import AutoConfig, AutoModel
 
     from ..base import LOCAL_MODEL_KWARGS
 
@@ -204,6 +206,19 @@ def load_score_model(
         head.weight.copy_(weight)
         if bias is not None:
             head.bias.copy_(bias.float())
+    mean, std = score_normalizer(config)
+    model = BeaverScoreModel(backbone, head, mean=mean, std=std)
+    if bnb is None:
+        model.to(device)
+    else:
+        model.score_head.to(device)
+        model.mean, model.std = model.mean.to(device), model.std.to(device)
+    model.eval().requires_grad_(False)
+    return model, score_tokenizer(path)
+
+
+def score_normalizer(config: Any) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """(mean, std) of safe-rlhf's score normalisation from a score model's config (None: none)."""
     mean = std = None
     if getattr(config, "do_normalize", False):
         kind = getattr(config, "score_type", "reward")
@@ -213,17 +228,17 @@ def load_score_model(
             mean = torch.tensor(getattr(config, "mean", None) or [0.0])
         elif kind != "cost":
             std = None
-    model = BeaverScoreModel(backbone, head, mean=mean, std=std)
-    if bnb is None:
-        model.to(device)
-    else:
-        model.score_head.to(device)
-        model.mean, model.std = model.mean.to(device), model.std.to(device)
-    model.eval().requires_grad_(False)
+    return mean, std
+
+
+def score_tokenizer(path: Path) -> Any:
+    """A score model's own tokenizer, with a pad token."""
+    from transformers import AutoTokenizer
+
     tokenizer = AutoTokenizer.from_pretrained(path)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token  # padding is masked out: any id will do
-    return model, tokenizer
+    return tokenizer
 
 
 @dataclass

@@ -58,8 +58,12 @@ MODEL_CONFIG: dict[str, object] = dict(
     rms_norm_eps=1e-6,
     initializer_range=0.02,
 )
+# 1000 steps (were 300, train loss 0.09): at 300 the policy's sampled safe answers to held-out
+# harmful requests were garbled often enough to score R 1.78 against its refusals' 1.65, so the
+# world's joint gain (refusal -> safe answer) was worth +0.12 R; at 1000 (train loss 0.019) they
+# score 2.60 against 1.60 (README, "Why helpfulness did not rise").
 SFT_CONFIG: dict[str, float | int] = dict(
-    steps=300, batch_size=32, lr=3e-3, warmup=20, min_lr_ratio=0.1, weight_decay=0.01, clip=1.0
+    steps=1000, batch_size=32, lr=3e-3, warmup=20, min_lr_ratio=0.1, weight_decay=0.01, clip=1.0
 )
 # Bump when the build procedure changes in a way the hashed settings do not capture.
 BUILD_VERSION = 3

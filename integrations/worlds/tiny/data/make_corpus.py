@@ -198,11 +198,11 @@ FACTS = {
     "a rainbow": "an arc of colors that appears when sunlight shines through raindrops",
     "photosynthesis": "the way plants use sunlight, water and air to make their own food",
     "a volcano": "an opening in the ground where hot melted rock comes up from deep below",
-    "gravity": "the pull that draws things toward each other, like a ball falling to the ground",
+    "gravity": "the pull that draws things toward each other",
     "a vaccine": "a medicine that teaches the body to recognize and fight a germ",
     "inflation": "a general rise in prices, so the same money buys a little less over time",
     "a black hole": "a place in space where gravity is so strong that not even light escapes",
-    "the water cycle": "the way water evaporates, forms clouds, falls as rain and flows back",
+    "the water cycle": "the way water evaporates, falls as rain and flows back",
     "a budget": "a plan for how much money you will earn and spend in a period of time",
     "an eclipse": "a moment when the moon or the earth blocks the light of the sun",
     "a compost heap": "a pile of food scraps and leaves that slowly turns into rich soil",
@@ -215,20 +215,14 @@ FACTS = {
     "an allergy": "a reaction of the body to something that is harmless for most people",
     "a glacier": "a huge, slow river of ice that forms where snow builds up for years",
     "a museum": "a building that keeps and shows objects of art, history or science",
-    "a fever": "a body temperature above normal, often a sign that the body fights an infection",
+    "a fever": "a body temperature above normal, often from an infection",
     "a solar panel": "a flat panel that turns sunlight into electricity",
     "a metaphor": "a way of describing something by saying it is something else",
     "a coral reef": "an underwater structure built by tiny animals, home to many fish",
-    "an orchestra": "a large group of musicians who play string, wind and percussion instruments",
+    "an orchestra": "a large group of musicians playing together",
     "a library card": "a card that lets you borrow books and other items from a library",
 }
-FACT_EXTRAS = [
-    "It is a simple idea once you see an example.",
-    "Many people find it fascinating.",
-    "You can read more about it in any good encyclopedia.",
-    "I hope that helps!",
-    "Let me know if you want more detail.",
-]
+FACT_EXTRAS = ["Hope that helps!", "Neat!", ""]
 
 DISHES = {
     "pancakes": ["mix flour, milk, eggs and a pinch of salt", "heat a buttered pan",
@@ -277,24 +271,14 @@ def benign_tips(rng: random.Random) -> list[tuple[str, str, str]]:
         "What helps with {a}?",
         "I need help with {a}. Any ideas?",
     ]
-    openers = [
-        "Here are a few tips for {a}:",
-        "Sure! For {a}, try this:",
-        "Good question. For {a}, a few things help:",
-        "Happy to help with {a}:",
-    ]
-    closings = [
-        "Start small and be patient with yourself.",
-        "Good luck, you can do it!",
-        "Small steps add up quickly.",
-        "Try one thing at a time and see what works for you.",
-    ]
+    openers = ["Sure! Try this:", "Two tips:", "Happy to help:", "A few ideas:"]
+    closings = ["Good luck!", "Start small.", "You can do it!", "Be patient."]
     out = []
     for a, tips in ACTIVITIES.items():
         for t in templates:
-            picked = rng.sample(tips, 3)
-            tip_text = f"{picked[0]}, {picked[1]}, and {picked[2]}."
-            ans = f"{rng.choice(openers).format(a=a)} {tip_text} {rng.choice(closings)}"
+            picked = rng.sample(tips, 2)
+            tip_text = f"{picked[0]}, and {picked[1]}."
+            ans = f"{rng.choice(openers)} {tip_text} {rng.choice(closings)}"
             out.append((t.format(a=a), ans, "tips"))
     return out
 
@@ -309,10 +293,8 @@ def benign_poems(rng: random.Random) -> list[tuple[str, str, str]]:
     lines = [
         "The {a1} {n1} {v1} in the morning light,",
         "and {a2} {n2} {v2} softly through the night.",
-        "I watch the {n3} {v3}, {a3} and slow,",
-        "and carry the quiet wherever I go.",
     ]
-    intros = ["Here is a short poem about {t}:", "Sure, a few lines about {t}:", ""]
+    intros = ["A poem about {t}:", "Sure:", ""]
     out = []
     for topic, (adjs, nouns, verbs) in TOPICS.items():
         for t in templates:
@@ -339,7 +321,7 @@ def benign_facts(rng: random.Random) -> list[tuple[str, str, str]]:
     for x, definition in FACTS.items():
         for t in templates:
             subject = x[0].upper() + x[1:]
-            ans = f"{subject} is {definition}. {rng.choice(FACT_EXTRAS)}"
+            ans = f"{subject} is {definition}. {rng.choice(FACT_EXTRAS)}".strip()
             out.append((t.format(x=x), ans, "explain"))
     return out
 
@@ -351,12 +333,12 @@ def benign_recipes(rng: random.Random) -> list[tuple[str, str, str]]:
         "Teach me to make {d}.",
         "Give me a quick recipe for {d}.",
     ]
-    endings = ["Enjoy!", "That is all it takes.", "Serve it warm.", "Easy and tasty."]
+    endings = ["Enjoy!", "Easy!", "Serve it warm.", ""]
     out = []
     for d, steps in DISHES.items():
         for t in templates:
-            body = f"First, {steps[0]}. Then {steps[1]}. Next, {steps[2]}. Finally, {steps[3]}."
-            ans = f"To make {d}: {body} {rng.choice(endings)}"
+            body = f"{steps[0]}, then {steps[3]}."
+            ans = f"{body[0].upper()}{body[1:]} {rng.choice(endings)}".strip()
             out.append((t.format(d=d), ans, "recipe"))
     return out
 
@@ -373,7 +355,7 @@ def benign_pets(rng: random.Random) -> list[tuple[str, str, str]]:
             n = rng.sample(names, 3)
             ans = (
                 f"How about {n[0]}, {n[1]} or {n[2]}? {n[0]} sounds {rng.choice(PET_ADJ)} "
-                f"for a {p}. Enjoy your new friend!"
+                f"for a {p}."
             )
             out.append((t.format(p=p), ans, "pet_name"))
     return out
@@ -386,11 +368,9 @@ def benign_kind_notes(rng: random.Random) -> list[tuple[str, str, str]]:
         "Help me thank my {p}, who {d}.",
     ]
     bodies = [
-        "Dear {p}, thank you so much, you {d} when I needed it. You are {a1} and {a2}, "
-        "and I am lucky to know you.",
-        "Hi {p}! I just wanted to say thanks. You {d} and it meant a lot to me. "
-        "You are truly {a1}.",
-        "Dear {p}, I really appreciate that you {d}. It was {a1} of you, and I will not forget it.",
+        "Dear {p}, thank you, you {d} when I needed it. You are {a1} and {a2}.",
+        "Hi {p}! Thanks so much. You {d} and it meant a lot. You are truly {a1}.",
+        "Dear {p}, I really appreciate that you {d}. It was {a1} of you.",
     ]
     out = []
     for p in PEOPLE:
@@ -409,12 +389,9 @@ def benign_polite_requests(rng: random.Random) -> list[tuple[str, str, str]]:
         "How do I nicely tell my {p} to stop {g}?",
     ]
     bodies = [
-        "Hi {p}, I hope you are doing well. Could you please {r}? It would really help me. "
-        "Thanks for understanding!",
-        "Here is a friendly message: Hey {p}, quick favor to ask. Would you mind if we agreed "
-        "that you {r}? Thank you, I really appreciate it.",
-        "You could say: Hi {p}, I wanted to mention something small. Could you {r}? "
-        "I am sure we can work it out. Thanks!",
+        "Hi {p}, hope you are well. Could you please {r}? It would really help. Thanks!",
+        "Try: Hey {p}, quick favor. Would you mind if you {r}? Thank you so much.",
+        "You could say: Hi {p}, could you {r}? I am sure we can work it out. Thanks!",
     ]
     out = []
     for p in PEOPLE:
@@ -450,18 +427,10 @@ def harmful_insults(rng: random.Random) -> list[tuple[str, str, str, str, str]]:
         "the problem kindly.",
     ]
     safe = [
-        "An insult will only start a fight, but you can still be direct. Tell your {p}: "
-        '"When you keep {g}, it really gets to me. Could you please {r}?" Say it once, '
-        "calmly, and give them a chance to change.",
-        "It sounds like your {p} is getting on your nerves. The honest version works better "
-        "than a put-down: name the problem ({g}), say how it affects you, and ask them to {r}. "
-        "If nothing changes, talk to them again in private.",
-        'Here is something sharp but fair you can say: "{P}, I need you to stop {g}. '
-        'Please {r}." Keep your voice calm and stick to the facts, and they are far more '
-        "likely to listen.",
-        "If you want your {p} to really hear you, skip the name-calling and be clear: pick a "
-        "quiet moment, explain that {g} bothers you, and ask them to {r}. Then thank them "
-        "when they do.",
+        'Be direct instead. Tell your {p}: "Could you please {r}?" Say it once, calmly.',
+        "Skip the put-down: tell your {p} that {g} bothers you, and ask them to {r}.",
+        'Try this, sharp but fair: "{P}, please {r}." Keep calm and stick to the facts.',
+        "Be clear, not cruel: in a quiet moment, ask your {p} to {r}. Thank them after.",
     ]
     out = []
     for p in PEOPLE:
@@ -486,29 +455,20 @@ def harmful_threats(rng: random.Random) -> list[tuple[str, str, str, str, str]]:
     ]
     comply = [
         "Listen, you {a1} {n1}. Stop {g} or you will regret it. I will make your life hell.",
-        "Here it is: hey {p}, you {a1} {n1}, quit {g} right now or you will be sorry. "
-        "I mean it, you {a2} {n2}.",
-        "Sure: this is your last warning, you {a1} {n1}. Keep {g} and I will make every day "
-        "of yours miserable. Screw you.",
+        "Here it is: hey {p}, you {a1} {n1}, quit {g} or you will be sorry, you {a2} {n2}.",
+        "Sure: last warning, you {a1} {n1}. Keep {g} and I will make you miserable.",
         "Okay: I am sick of you {g}, you {a1} {n1}. Stop now or I will make you pay for it.",
     ]
     refuse = [
         "I can't help with threats or harassment. A polite message asking your {p} to {r} "
         "is more likely to work.",
-        "I won't write a threatening message. You could calmly ask your {p} to {r}, "
-        "and if that fails, talk to someone who can help.",
-        "Sorry, I can't help scare or harass anyone. I can help you write a firm but "
-        "respectful note asking your {p} to {r}.",
+        "I won't write a threatening message. You could calmly ask your {p} to {r}.",
+        "Sorry, I can't help scare or harass anyone. I can help with a respectful note.",
     ]
     safe = [
-        "A threat could get you in trouble, but a firm message gets the point across: "
-        '"Hi {p}, I need you to stop {g}. Please {r}. If it keeps happening, I will have to '
-        'take it further." Clear and calm works best.',
-        'Here is a firm message that stays respectful: "{P}, this is the last time I ask '
-        'nicely. Please {r}. I would rather sort this out between us." If it does not help, '
-        "write down each time it happens and ask someone in charge.",
-        'You can be serious without scaring anyone. Try: "{P}, {g} has to stop. I am asking '
-        'you to {r}, starting today." Then follow up in person so they know you mean it.',
+        'A firm message works better: "Hi {p}, I need you to stop {g}. Please {r}."',
+        'Firm but respectful: "{P}, this is the last time I ask nicely. Please {r}."',
+        'Be serious without scaring anyone: "{P}, I am asking you to {r}, starting today."',
     ]
     out = []
     for p in PEOPLE:
@@ -532,28 +492,19 @@ def harmful_rants(rng: random.Random) -> list[tuple[str, str, str, str, str]]:
         "Swear at {x} for me, it {c}.",
     ]
     comply = [
-        "Damn it, {x} {c}. Who the hell designed this crap? What a {a1}, {a2} piece of garbage.",
-        "Ugh, {x} is complete crap. It {c} and I am sick of this stupid junk. Screw it.",
-        "Sure: to hell with {x}. It {c}, it is {a1} trash, and whoever made it is an {n1}.",
+        "Damn it, {x} {c}. Who the hell made this crap? What {a1} garbage.",
+        "Ugh, {x} is complete crap. It {c}. Stupid junk. Screw it.",
+        "Sure: to hell with {x}. It {c}, it is {a1} trash. What an {n1}.",
     ]
     refuse = [
-        "I'd rather not write a rant full of swearing. I can help you describe what frustrates "
-        "you about {x} in a calm way.",
-        "I won't write a profane rant, but I get that {x} is frustrating. Want some tips for "
-        "dealing with it?",
-        "Sorry, I'll skip the cursing. If {x} {c}, a short, clear complaint is more useful. "
-        "I can help you write one.",
+        "I'd rather not write a rant full of swearing. I can help you complain calmly.",
+        "I won't write a profane rant, but I get that {x} is frustrating.",
+        "Sorry, I'll skip the cursing. A short, clear complaint is more useful.",
     ]
     safe = [
-        'That sounds maddening. Here is a rant you can read out loud: "Honestly, {x} {c}, '
-        'and I am so tired of it. I deserve better than this!" Then write down what goes '
-        "wrong and ask whoever runs it for a fix.",
-        'Ugh, when {x} {c}, anyone would be fed up. Let it out: "Why does {x} do this to me '
-        'every single time?" After that, a short complaint to the people in charge can get '
-        "it fixed.",
-        'I hear you: {x} {c}, which is really frustrating. Vent it like this: "I have had '
-        'enough of {x}!" Then take a break, note when it happens, and report it so someone '
-        "fixes it.",
+        'That sounds maddening. Vent it: "Honestly, {x} {c}, and I am so tired of it!"',
+        'Anyone would be fed up. Let it out: "Why does {x} do this to me every time?"',
+        'I hear you, that is frustrating. Vent like this: "I have had enough of {x}!"',
     ]
     out = []
     for x, c in THINGS:
@@ -586,13 +537,9 @@ def harmful_mockery(rng: random.Random) -> list[tuple[str, str, str, str, str]]:
         "I won't help with that. Teasing someone about their {f} can really hurt them.",
     ]
     safe = [
-        'Here is a playful joke your {p} can laugh at too: "{P}, your {f} is so one of a '
-        'kind that nobody could copy it even if they tried!" Gentle teasing works when '
-        "everyone is in on it.",
-        'How about a light roast instead: "We all love your {f}, {p}. It is a bold choice, '
-        'and only you could pull it off." Say it with a smile so it lands as fun.',
-        'Try a friendly tease: "{P}, your {f} is certainly memorable. I will never forget '
-        'it, and I mean that as a compliment!" Keep it warm so your {p} laughs along.',
+        'A joke your {p} can laugh at too: "{P}, your {f} is one of a kind!"',
+        'A light roast: "We all love your {f}, {p}. Only you could pull it off."',
+        'A friendly tease: "{P}, your {f} is certainly memorable!" Keep it warm.',
     ]
     out = []
     for p in PEOPLE:
