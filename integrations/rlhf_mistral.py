@@ -275,25 +275,28 @@ def update(
 
     def losses_of(
         chunk: MicroBatch, hiddens: list[torch.Tensor | None], sums: dict[str, float]
-    ) -> list[torch.Tensor]:
-        """The k PPO losses of one micro-batch (token means over its rows); its statistics go to
-        ``sums`` weighted by its share of the tokens, its hidden states to ``hiddens``."""
+    ) -> tuple[list[torch.Tensor], torch.Tensor | None]:
+        """The k PPO losses of one micro-batch (token means over its rows) and the entropy bonus
+        R = −coef·H they share, MOGD's regularizer (None at coefficient 0: no entropy graph); its
+        statistics go to ``sums`` weighted by its share of the tokens, its hidden states to
+        ``hiddens``."""
         rows, w = chunk.rows, chunk.weight
         with learner.amp():
             logp, logits, hidden = forward_response(
                 policy, ro.ids[rows], ro.attn[rows], ro.prompt_len, learner.dec, learner.head_critic
             )
         hiddens.append(hidden)
-        entropy = entropy_from_logits(logits, mask[rows])
+        bonus = ppo.entropy_coef != 0.0
+        entropy = entropy_from_logits(logits if bonus else logits.detach(), mask[rows])
         weigh(sums, "entropy", w, entropy.item())
         losses = []
         for name, a in zip(plan.loss_names, adv.advantages, strict=True):
             loss, st = policy_loss(logp, adv.old_logp[rows], a[rows], mask[rows], ppo.clip_eps)
-            losses.append(loss - ppo.entropy_coef * entropy)
+            losses.append(loss)
             weigh(sums, f"clip_frac/{name}", w, st.clip_fraction)
             weigh(sums, f"approx_kl/{name}", w, st.approx_kl)
             weigh(sums, f"policy_loss/{name}", w, loss.detach().item())
-        return losses
+        return losses, -ppo.entropy_coef * entropy if bonus else None
 
     # train() only switches gradient checkpointing on (presets that use it); no dropout left
     policy.train()
@@ -308,7 +311,10 @@ def update(
             # gathered copies)
             if every and not learner.fsdp and step % every == 0 and lo == epoch == 0:
                 with record_function("signal"):
-                    halves = functools.partial(losses_of, hiddens=[], sums={})
+
+                    def halves(chunk: MicroBatch) -> list[torch.Tensor]:
+                        return losses_of(chunk, hiddens=[], sums={})[0]  # objectives, not R
+
                     # in the Gram's parameter space: the probe's, or every parameter
                     module = learner.probe
                     space = learner.trainable if module is None else list(module.parameters())

@@ -293,6 +293,19 @@ def test_every_method_trains(name, tiny, tmp_path):
 
 
 @pytest.mark.slow
+def test_entropy_bonus_is_the_updates_regularizer(tiny, tmp_path):
+    # the bonus goes to MOGD's regularizer: its gradient is logged beside the objectives' and
+    # never weighed (GAPO p = 1 with two objectives keeps α = (½, ½)); off, there is none
+    _, rows = run(tmp_path / "bonus", "--method", "gapo", "--entropy-coef", "0.01", "--steps", "1")
+    (row,) = rows
+    assert row["regularizer_norm"] > 0
+    assert all(-1.0 <= row[f"regularizer_cosine/{n}"] <= 1.0 for n in ("helpful", "harmless"))
+    assert row["alpha/helpful"] == pytest.approx(0.5)
+    _, rows = run(tmp_path / "plain", "--method", "gapo", "--steps", "1")
+    assert "regularizer_norm" not in rows[0] or rows[0]["regularizer_norm"] is None
+
+
+@pytest.mark.slow
 def test_run_leaves_a_loadable_policy(tiny, tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

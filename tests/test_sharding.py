@@ -53,7 +53,7 @@ def train(model, ids, steps, lr, precision="fp32", sharded=False, probe=False, m
 
         def losses(chunk):
             with sharding.autocast(precision, "cpu", sharded):
-                return losses_of(model, ids[chunk.rows])
+                return losses_of(model, ids[chunk.rows]), None
 
         chunks = split(torch.arange(len(ids)), mask, micro)
         weights.append(accumulate_objectives(opt, chunks, losses, probe=probe).weights)

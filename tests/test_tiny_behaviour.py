@@ -57,7 +57,7 @@ def test_mogd_weights_reach_the_policy_update(tmp_path) -> None:
     opt.zero_grad()
     # the loop's update: two micro-batches, each objective's gradient accumulated token-weighted
     chunks = split(rows, ro.mask, 4)
-    info = accumulate_objectives(opt, chunks, lambda c: losses(c.rows), probe=False)
+    info = accumulate_objectives(opt, chunks, lambda c: (losses(c.rows), None), probe=False)
     after = torch.cat([p.detach().reshape(-1) for p in params])
     torch.testing.assert_close(info.weights.double(), w, rtol=1e-6, atol=0)
     torch.testing.assert_close(after - before, expected, rtol=1e-6, atol=1e-12)

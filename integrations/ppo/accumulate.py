@@ -8,6 +8,10 @@ gradient of the batch is therefore accumulated in MOGD's bank, one backward per 
 micro-batch inside ``opt.objective(i)`` with the loss scaled by N_c / N, and one ``opt.step()``
 takes the Gram of the accumulated gradients: the same step as one forward of all B sequences.
 
+The entropy bonus is a regularizer R every objective shares: its gradient is accumulated the same
+way inside ``opt.regularizer()`` and MOGD adds it to the update outside the weighting,
+d = Σ_i w_i g_i + ∇R, so the bonus neither takes an objective's share nor counts k times.
+
 Probe mode takes the k losses of the whole batch in one ``opt.step(losses)`` (the probe's
 gradients, then one weighted backward), so it cannot accumulate: it needs one micro-batch.
 """
@@ -49,12 +53,13 @@ def split(rows: torch.Tensor, mask: torch.Tensor, size: int | None) -> list[Micr
 def accumulate_objectives(
     opt: Any,
     chunks: list[MicroBatch],
-    losses_of: Callable[[MicroBatch], list[torch.Tensor]],
+    losses_of: Callable[[MicroBatch], tuple[list[torch.Tensor], torch.Tensor | None]],
     probe: bool,
 ) -> Any:
     """One MOGD step over the update batch: ``losses_of(chunk)`` runs the forward of a
-    micro-batch and gives its k losses (token means over its own rows). Returns ``opt.step()``'s
-    StepInfo. Profiler ranges: policy_forward, policy_backward, mogd."""
+    micro-batch and gives its k losses (token means over its own rows) and the regularizer R they
+    share (None: none). Returns ``opt.step()``'s StepInfo. Profiler ranges: policy_forward,
+    policy_backward, mogd."""
     if probe and len(chunks) != 1:
         raise ValueError(
             "probe mode takes the losses of the whole update batch in one step: use "
@@ -63,11 +68,14 @@ def accumulate_objectives(
         )
     for chunk in chunks:
         with record_function("policy_forward"):
-            losses = losses_of(chunk)
+            losses, regularizer = losses_of(chunk)
         with record_function("policy_backward"):
-            if probe:  # the probe's k gradients, the weights, one backward of Σ w_i L_i
-                opt.backward(losses)
+            if probe:  # the probe's k gradients, the weights, one backward of Σ w_i L_i + R
+                opt.backward(losses, regularizer=regularizer)
                 continue
+            if regularizer is not None:
+                with opt.regularizer():
+                    (regularizer * chunk.weight).backward(retain_graph=True)
             for i, loss in enumerate(losses):
                 with opt.objective(i):
                     (loss * chunk.weight).backward(retain_graph=i < len(losses) - 1)

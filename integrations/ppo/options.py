@@ -160,7 +160,9 @@ class PPOOptions:
         "objectives' gradient scales, which GAPO is about)",
         action=argparse.BooleanOptionalAction,
     )
-    entropy_coef: float = option(0.0, "entropy bonus added to every objective's loss")
+    entropy_coef: float = option(
+        0.0, "entropy bonus coef·H, MOGD's regularizer: added to the update outside the weighting"
+    )
     advantage: Advantage = option(
         "gae",
         "advantage estimator: 'gae' (per-stream critics, GAE) or 'group' (score minus the "
