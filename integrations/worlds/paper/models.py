@@ -92,15 +92,17 @@ def with_lora(model: Any, r: int, alpha: int | None, *, option: str) -> Any:
 def format_chat(tokenizer: Any, request: str) -> str:
     """The policy's input text for a raw request: its chat template with the generation prompt.
 
-    The BOS token is left out (the tokenizer adds it when encoding). A tokenizer without a chat
-    template gets the beaver/Safe RLHF format.
+    A leading BOS token is left out when the tokenizer adds it when encoding (Mistral's); one that
+    does not (SmolLM2's, whose BOS is the template's first ``<|im_start|>``) keeps it. A tokenizer
+    without a chat template gets the beaver/Safe RLHF format.
     """
     if getattr(tokenizer, "chat_template", None):
         text = tokenizer.apply_chat_template(
             [{"role": "user", "content": request}], tokenize=False, add_generation_prompt=True
         )
         bos = tokenizer.bos_token
-        return text[len(bos) :] if bos and text.startswith(bos) else text
+        adds_bos = bos is not None and tokenizer("").input_ids[:1] == [tokenizer.bos_token_id]
+        return text[len(bos) :] if adds_bos and text.startswith(bos) else text
     return BEAVER_TEMPLATE.format(prompt=request, response="")
 
 
