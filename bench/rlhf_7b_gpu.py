@@ -145,7 +145,7 @@ def plan_bytes(cfg: Any, world: dict[str, Any], policy_fields: dict[str, Any], f
         precision=cfg.engine.precision,
         micro_batch=cfg.batch.micro_batch_size or cfg.batch.update_size,
         rollout_batch=cfg.batch.rollout_size,
-        seq_len=world["prompt_tokens"] + cfg.rollout.max_new_tokens,
+        prompt_len=world["prompt_tokens"],
         response_len=cfg.rollout.max_new_tokens,
     )
 
@@ -170,6 +170,9 @@ def run_mode(mode: str, world: dict[str, Any], args: argparse.Namespace, tmp: Pa
         max_new_tokens=args.max_new_tokens,
         lora_r=lora,
         fsdp=fsdp,
+        # score critics load from the scorers' checkpoint folders, which this bench never writes
+        # (tens of GB): head critics on the policy, and the plan counts the same
+        critic_init="head",
         eval_size=0,
         signal_every=0,
         progress=False,

@@ -171,7 +171,12 @@ def test_run_directories_from_before_sections_resume(tmp_path, monkeypatch, caps
         "resume": str(run),
         "progress": False,
     }
-    assert ADDED_LATER == {"samples_per_prompt": 1, "advantage": "gae", "critic_warmup": 0}
+    assert ADDED_LATER == {
+        "samples_per_prompt": 1,
+        "advantage": "gae",
+        "critic_warmup": 0,
+        "prompt_len": 128,
+    }
     assert cfg.algorithm.method == "safe-rlhf" and cfg.safe_rlhf.lambda_threshold == -0.8
     assert cfg.batch.steps == 2 and cfg.rollout.max_new_tokens == 4
     # the checkpoint's config hash, written by the old code, is the hash of the sectioned Config:

@@ -226,7 +226,8 @@ def flag(name: str) -> str:
 
 
 # Options added after run directories were written (``added_later=True``), with their declared
-# defaults: what those runs did (one sample per prompt, GAE, no critic warm-up). A run directory
+# defaults: what those runs did (one sample per prompt, GAE, no critic warm-up; the plan's prompt
+# length, which nothing trained depends on). A run directory
 # written before an option existed has no key for it; its config.json reads back with the
 # default (Config.from_flat), and its checkpoint's hash was computed without it. Leaving such an
 # option out of the hash while it has that default keeps those checkpoints resumable

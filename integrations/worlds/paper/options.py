@@ -42,7 +42,10 @@ class PaperOptions:
     score_batch_size: int = option(16, "scorer batch size")
     world_size: int | None = option(None, "GPUs for --dry-run; None = $WORLD_SIZE or 1")
     prompt_len: int = option(
-        128, "longest prompt in tokens (chat template included), for --dry-run"
+        128,
+        "longest prompt in tokens (chat template included), for --dry-run",
+        bookkeeping=True,  # the memory plan's alone: nothing a run trains depends on it
+        added_later=True,
     )
     seq_len: int = option(
         0, "prompt + response tokens for --dry-run; 0 = --prompt-len + --max-new-tokens"
