@@ -21,7 +21,6 @@ sys.path.append(str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from integrations.ppo.advantages import explained_variance, stream_advantages  # noqa: E402
-from integrations.ppo.critic_warmup import warm_up_critic  # noqa: E402
 from integrations.ppo.critics import NoCritic, build_critic, disable_dropout  # noqa: E402
 from integrations.ppo.gradient_signal import half_batch_cosines  # noqa: E402
 from integrations.ppo.methods import make_plan  # noqa: E402
@@ -36,6 +35,7 @@ from integrations.ppo.rollout import (  # noqa: E402
 )
 from integrations.ppo.surrogate import policy_loss  # noqa: E402
 from integrations.run import presets  # noqa: E402
+from integrations.run.learner import warm_up  # noqa: E402
 from integrations.run.parse import make_config  # noqa: E402
 
 
@@ -68,18 +68,7 @@ def main() -> None:
         kind = cfg.algorithm.critic_init
         critic = NoCritic(2) if group else build_critic(kind, policy, plan.streams, "cpu")
         if mode == "gaewarm":
-            fit = warm_up_critic(
-                critic,
-                setup,
-                scorers,
-                plan,
-                rollouts=cfg.tiny.critic_warmup,
-                batch=cfg.batch.rollout_size,
-                rollout=cfg.rollout,
-                ppo=cfg.ppo,
-                lr=cfg.optim.critic_lr,
-                cache_dir=Path(cfg.tiny.cache_dir),
-            )
+            fit = warm_up(cfg, critic, setup, scorers, plan)
             print("warm-up", fit, flush=True)
         dec = decoding(cfg.rollout)
         head = list(policy.lm_head.parameters())

@@ -100,6 +100,23 @@ def shard_world(cfg: Config, setup: Setup, scorers: list[Scorer], d: Dist, devic
     return True
 
 
+def warm_up(cfg: Config, critic: nn.Module, setup: Setup, scorers: list[Scorer], plan: Plan) -> Any:
+    """The tiny world's critic warm-up with the run's options: ``--critic-warmup`` SFT rollouts,
+    the rollout and PPO sections, the critic's lr; cached beside the SFT policy, like the SFT."""
+    return warm_up_critic(
+        critic,
+        setup,
+        scorers,
+        plan,
+        rollouts=cfg.tiny.critic_warmup,
+        batch=cfg.batch.rollout_size,
+        rollout=cfg.rollout,
+        ppo=cfg.ppo,
+        lr=cfg.optim.critic_lr,
+        cache_dir=Path(cfg.tiny.cache_dir),
+    )
+
+
 def build_learner(cfg: Config, setup: Setup, steps: int, d: Dist, device: str) -> Learner:
     """The models (float32 masters, sharded with FSDP2 when on), the method's plan, MOGD around
     AdamW with the warm-up cosine schedule over ``steps`` iterations, the critic's optimizer and
@@ -116,18 +133,7 @@ def build_learner(cfg: Config, setup: Setup, steps: int, d: Dist, device: str) -
         score_critics = presets.score_critics(cfg, setup)
         critic = build_critic(algo.critic_init, policy, plan.streams, device, score_critics)
     if cfg.tiny.critic_warmup and not group and algo.critic_init != "score":
-        warmup = warm_up_critic(  # cached beside the SFT policy, like the SFT
-            critic,
-            setup,
-            scorers,
-            plan,
-            rollouts=cfg.tiny.critic_warmup,
-            batch=cfg.batch.rollout_size,
-            rollout=cfg.rollout,
-            ppo=cfg.ppo,
-            lr=cfg.optim.critic_lr,
-            cache_dir=Path(cfg.tiny.cache_dir),
-        )
+        warmup = warm_up(cfg, critic, setup, scorers, plan)
         if d.main:
             print(f"critic warm-up: {warmup}", file=sys.stderr)
     # precision and sharding (integrations/run/sharding.py): trained weights are float32 masters
