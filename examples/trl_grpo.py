@@ -42,11 +42,13 @@ import mogd
 try:
     from mogd.integrations.testing import smollm2_checkpoint
     from mogd.integrations.trl import MOGDGRPOTrainer
+    from mogd.integrations.worlds.base import LOCAL_MODEL_KWARGS
 except ImportError:
     # a checkout not installed with `pip install -e .`: integrations/ is at its root
     sys.path.append(str(Path(__file__).resolve().parents[1]))
     from integrations.testing import smollm2_checkpoint
     from integrations.trl import MOGDGRPOTrainer
+    from integrations.worlds.base import LOCAL_MODEL_KWARGS
 
 REQUESTS = [  # short answers, so that some completions end within the token budget
     "In a few words: how is the weather today?",
@@ -175,7 +177,9 @@ def main() -> None:
     # -- policy, tokenizer, reward functions, prompts
     path = args.model or (None if args.tiny else smollm2(args.cache_dir))
     if path is not None:
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, use_kernels=False)
+        model = AutoModelForCausalLM.from_pretrained(
+            path, dtype=torch.float32, **LOCAL_MODEL_KWARGS
+        )
         tokenizer = AutoTokenizer.from_pretrained(path, padding_side="left")
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
@@ -212,7 +216,7 @@ def main() -> None:
         epsilon=args.epsilon,
         max_grad_norm=args.max_grad_norm,
         reward_weights=reward_weights,
-        model_init_kwargs={"use_kernels": False},  # for TRL's load of the KL reference
+        model_init_kwargs=dict(LOCAL_MODEL_KWARGS),  # for TRL's load of the KL reference
         gradient_checkpointing=torch.cuda.is_available(),  # recomputation costs CPU time
         logging_steps=1,
         save_strategy="no",

