@@ -222,24 +222,27 @@ def advantages(cfg: Config, learner: Learner, batch: Batch) -> Advantages:
     """3. Old and reference log-probs and old values, forwarded in micro-batches; the KL-shaped
     rewards, GAE and advantages of every stream (:func:`~.ppo.advantages.stream_advantages`)."""
     ro, policy, dec = batch.ro, learner.policy, learner.dec
-    parts = []
+    rows, width = ro.mask.shape
+    old_logp = torch.zeros(rows, width, device=ro.mask.device)
+    ref_logp = torch.zeros_like(old_logp)
+    old_values = torch.zeros(len(learner.plan.streams), rows, width, device=ro.mask.device)
     with record_function("advantages"):
-        for chunk in split(torch.arange(len(batch.prompts)), ro.mask, cfg.batch.micro_batch_size):
-            ids, attn = ro.ids[chunk.rows], ro.attn[chunk.rows]
+        prompts = ro.attn[:, : ro.prompt_len]
+        for chunk in split(torch.arange(rows), ro.mask, cfg.batch.micro_batch_size, prompts):
+            ids, attn, prompt_len = chunk.inputs(ro.ids, ro.attn, ro.prompt_len)
+            cols = slice(None, chunk.width)
             with learner.amp():
                 old, _, hidden = forward_response(
-                    policy, ids, attn, ro.prompt_len, dec, hidden=learner.head_critic
+                    policy, ids, attn, prompt_len, dec, hidden=learner.head_critic
                 )
                 if learner.reference is not None:
-                    ref, _, _ = forward_response(learner.reference, ids, attn, ro.prompt_len, dec)
+                    ref, _, _ = forward_response(learner.reference, ids, attn, prompt_len, dec)
                 else:  # LoRA policy: the reference is the base model, adapters off
                     with policy.disable_adapter():  # peft
-                        ref, _, _ = forward_response(policy, ids, attn, ro.prompt_len, dec)
+                        ref, _, _ = forward_response(policy, ids, attn, prompt_len, dec)
+            old_logp[chunk.rows, cols], ref_logp[chunk.rows, cols] = old, ref
             # the value heads stay float32 (outside autocast): GAE subtracts values
-            parts.append((old, ref, learner.critic(ids, attn, ro.prompt_len, hidden)))
-        old_logp = torch.cat([old for old, _, _ in parts])
-        ref_logp = torch.cat([ref for _, ref, _ in parts])
-        old_values = torch.cat([values for _, _, values in parts], 1)
+            old_values[:, chunk.rows, cols] = learner.critic(ids, attn, prompt_len, hidden)
         mask = ro.mask.to(old_logp.dtype)
         scores, multipliers = batch.stream_scores, batch.multipliers
         adv, ret = stream_advantages(
@@ -280,18 +283,21 @@ def update(
         R = −coef·H they share, MOGD's regularizer (None at coefficient 0: no entropy graph); its
         statistics go to ``sums`` weighted by its share of the tokens, its hidden states to
         ``hiddens``."""
-        rows, w = chunk.rows, chunk.weight
+        w, m = chunk.weight, chunk.cut(mask)
         with learner.amp():
             logp, logits, hidden = forward_response(
-                policy, ro.ids[rows], ro.attn[rows], ro.prompt_len, learner.dec, learner.head_critic
+                policy,
+                *chunk.inputs(ro.ids, ro.attn, ro.prompt_len),
+                learner.dec,
+                learner.head_critic,
             )
         hiddens.append(hidden)
         bonus = ppo.entropy_coef != 0.0
-        entropy = entropy_from_logits(logits if bonus else logits.detach(), mask[rows])
+        entropy = entropy_from_logits(logits if bonus else logits.detach(), m)
         weigh(sums, "entropy", w, entropy.item())
         losses = []
         for name, a in zip(plan.loss_names, adv.advantages, strict=True):
-            loss, st = policy_loss(logp, adv.old_logp[rows], a[rows], mask[rows], ppo.clip_eps)
+            loss, st = policy_loss(logp, chunk.cut(adv.old_logp), chunk.cut(a), m, ppo.clip_eps)
             losses.append(loss)
             weigh(sums, f"clip_frac/{name}", w, st.clip_fraction)
             weigh(sums, f"approx_kl/{name}", w, st.approx_kl)
@@ -321,7 +327,8 @@ def update(
                     cosines = half_batch_cosines(halves, mb, space)
                 for name, c in zip(plan.loss_names, cosines, strict=True):
                     record(stats, f"signal/{name}", c)
-            chunks = split(mb, ro.mask, cfg.batch.micro_batch_size)
+            prompts = ro.attn[:, : ro.prompt_len]
+            chunks = split(mb, ro.mask, cfg.batch.micro_batch_size, prompts)
             hiddens: list[torch.Tensor | None] = []
             sums: dict[str, float] = {}
             step_losses = functools.partial(losses_of, hiddens=hiddens, sums=sums)
@@ -353,14 +360,13 @@ def update_critic(
     ro, critic, streams = batch.ro, learner.critic, learner.plan.streams
     learner.critic_opt.zero_grad(set_to_none=True)
     for chunk, hidden in zip(chunks, hiddens, strict=True):
-        rows = chunk.rows
-        values = critic(ro.ids[rows], ro.attn[rows], ro.prompt_len, hidden)
+        values = critic(*chunk.inputs(ro.ids, ro.attn, ro.prompt_len), hidden)
         v_losses = [
             value_loss(
                 values[s],
-                adv.old_values[s][rows],
-                adv.returns[s][rows],
-                adv.mask[rows],
+                chunk.cut(adv.old_values[s]),
+                chunk.cut(adv.returns[s]),
+                chunk.cut(adv.mask),
                 cfg.ppo.clip_value,
             )
             for s in range(len(streams))

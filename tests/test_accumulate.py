@@ -8,11 +8,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import mogd
-from integrations.ppo.accumulate import accumulate_objectives, split
+from integrations.ppo.accumulate import MicroBatch, accumulate_objectives, split
+from integrations.ppo.rollout import forward_response
+from integrations.ppo.sampling import Decoding
 from integrations.ppo.surrogate import entropy_from_logits, policy_loss
 from integrations.testing import toy_mistral
 
 B, P, T = 7, 3, 6  # sequences, prompt and response length
+PAD = 0
 
 
 def make_model():
@@ -90,6 +93,56 @@ def test_micro_batches_partition_the_rows_by_token_share(lengths, size):
     if sum(lengths):
         for c in chunks:
             assert c.weight == pytest.approx(float(mask[c.rows].sum()) / sum(lengths))
+
+
+@settings(max_examples=15, deadline=None)
+@given(
+    pads=st.lists(st.integers(0, 4), min_size=6, max_size=6),
+    lengths=st.lists(st.integers(0, 6), min_size=6, max_size=6),
+    size=st.integers(1, 4),
+    seed=st.integers(0, 2**16),
+)
+def test_trimmed_micro_batches_take_the_untrimmed_step(pads, lengths, size, seed):
+    """Cutting a micro-batch to its rows' columns (shared left padding, positions past its
+    longest response) changes no loss: each objective's accumulated gradient and the entropy
+    bonus's are those of the same rows forwarded with every column (float64, left-padded
+    prompts, ragged responses, the pipeline's forward)."""
+    g = torch.Generator().manual_seed(seed)
+    n, prompt_len, width = 6, 6, 6
+    prompt_attn = (torch.arange(prompt_len)[None, :] >= torch.tensor(pads)[:, None]).long()
+    mask = (torch.arange(width)[None, :] < torch.tensor(lengths)[:, None]).long()
+    attn = torch.cat([prompt_attn, mask], 1)
+    ids = torch.randint(3, 50, (n, prompt_len + width), generator=g).masked_fill(attn == 0, PAD)
+    old_logp = -torch.rand(n, width, generator=g, dtype=torch.float64) - 3.0
+    advantages = [torch.randn(n, width, generator=g, dtype=torch.float64) for _ in range(2)]
+    dec = Decoding(temperature=0.7, repetition_penalty=1.2)
+    model = make_model()
+    params = list(model.parameters())
+
+    def gradients(chunks):
+        """Σ_c w_c ∇L_i(c) per objective, then Σ_c w_c ∇R(c), flattened."""
+        total = torch.zeros(3, sum(p.numel() for p in params), dtype=torch.float64)
+        for chunk in chunks:
+            logp, logits, _ = forward_response(model, *chunk.inputs(ids, attn, prompt_len), dec)
+            m = chunk.cut(mask).double()
+            losses = [
+                policy_loss(logp, chunk.cut(old_logp), chunk.cut(a), m, 0.2)[0] for a in advantages
+            ]
+            for i, loss in enumerate([*losses, -0.1 * entropy_from_logits(logits, m)]):
+                grads = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
+                flat = [
+                    torch.zeros_like(p) if x is None else x
+                    for x, p in zip(grads, params, strict=True)
+                ]
+                total[i] += chunk.weight * torch.cat([x.reshape(-1) for x in flat])
+        return total
+
+    chunks = split(torch.randperm(n, generator=g), mask, size, prompt_attn)
+    for c in chunks:  # one column of the shared padding stays (the penalty sees the pad)
+        assert c.start == max(int(torch.tensor(pads)[c.rows].min()) - 1, 0)
+        assert c.width == max(1, int(torch.tensor(lengths)[c.rows].max()))
+    untrimmed = [MicroBatch(c.rows, c.weight) for c in chunks]  # every column
+    torch.testing.assert_close(gradients(chunks), gradients(untrimmed), rtol=1e-12, atol=1e-15)
 
 
 def test_bad_micro_batch_size_is_refused():

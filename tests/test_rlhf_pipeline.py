@@ -92,18 +92,27 @@ def test_help_lists_every_option_with_its_default(capsys):
 
 def test_presets_are_tables_of_defaults():
     assert make_config("tiny").algorithm.critic_init == "copy"  # one option, a default per preset
-    assert make_config("mistral-7b").algorithm.critic_init == "score"  # Safe RLHF: from R, C
-    assert make_config("mistral-7b", lr=0.5).optim.lr == 0.5  # what the user gives wins
-    assert make_config("mistral-7b").batch.steps is None  # derived from --epochs
-    assert make_config("mistral-7b", steps=10).batch.epochs is None  # --steps replaces --epochs
+    # Safe RLHF: from R, C (at the 8 GPUs of Table 2, where it fits)
+    assert make_config("mistral-7b", world_size=8).algorithm.critic_init == "score"
+    assert (
+        make_config("mistral-7b", world_size=8, lr=0.5).optim.lr == 0.5
+    )  # what the user gives wins
+    assert make_config("mistral-7b", world_size=8).batch.steps is None  # derived from --epochs
+    assert (
+        make_config("mistral-7b", world_size=8, steps=10).batch.epochs is None
+    )  # --steps replaces --epochs
     assert make_config("mistral-7b", lora_r=4).algorithm.probe == "full"  # LoRA: head frozen
 
 
 def test_epochs_set_the_number_of_iterations():
-    cfg = make_config(epochs=2.0, batch_size=4, grad_accum=2)
+    cfg = make_config(epochs=2.0, batch_size=4, grad_accum=2, advantage="gae", samples_per_prompt=1)
     assert cfg.batch.steps is None
     # 2 passes over 100 prompts at 4 x 2 prompts per process per iteration, 3 processes
     assert total_steps(cfg.batch, n_prompts=100, world=3) == math.ceil(200 / 24) == 9
+    # 4 samples of each prompt (the tiny preset's groups): 4 x 2 / 4 distinct prompts
+    grouped = make_config(epochs=2.0, batch_size=4, grad_accum=2)
+    assert grouped.batch.samples_per_prompt == 4
+    assert total_steps(grouped.batch, n_prompts=100, world=3) == math.ceil(200 / 6) == 34
     assert total_steps(make_config(steps=7).batch, n_prompts=100, world=3) == 7
 
 
@@ -176,6 +185,7 @@ def test_run_directories_from_before_sections_resume(tmp_path, monkeypatch, caps
         "advantage": "gae",
         "critic_warmup": 0,
         "prompt_len": 128,
+        "sync_every": 1,
     }
     assert cfg.algorithm.method == "safe-rlhf" and cfg.safe_rlhf.lambda_threshold == -0.8
     assert cfg.batch.steps == 2 and cfg.rollout.max_new_tokens == 4
@@ -428,7 +438,7 @@ def test_evaluate_sweep_and_compare(tiny, tmp_path, monkeypatch):
     base = [a for a in TINY_RUN if a != "--no-plots"] + ["--steps", "1"]
 
     assert ev.main(["sweep", "--out", str(tmp_path / "sweep"), *base]) == 0
-    summary = json.loads((tmp_path / "sweep" / "sweep.json").read_text())
+    summary = json.loads((tmp_path / "sweep" / "sweep-seed0.json").read_text())  # one per seed
     # every family on the same grid, measured from one reference point
     assert [(p["family"], p["lambda"]) for p in summary["points"]] == [
         ("pgapo", 0.2), ("morlhf", 0.2), ("rs", 0.2)
@@ -439,7 +449,7 @@ def test_evaluate_sweep_and_compare(tiny, tmp_path, monkeypatch):
         assert all(
             p[n] > r for n, r in zip(summary["objectives"], summary["reference"], strict=True)
         )
-    assert (tmp_path / "sweep" / "front.png").stat().st_size > 0
+    assert (tmp_path / "sweep" / "front-seed0.png").stat().st_size > 0
     assert (tmp_path / "sweep" / "ppo-h-seed0" / "eval.json").is_file()  # RS's experts
 
     assert ev.main(["compare", "--out", str(tmp_path / "cmp"), "--seeds", "0", "1", *base]) == 0

@@ -92,6 +92,7 @@ def prompts() -> tuple[torch.Tensor, torch.Tensor]:
     return ids, (ids != PAD).long()
 
 
+@pytest.mark.parametrize("sync_every", [1, 3])
 @pytest.mark.parametrize(
     "d",
     [
@@ -100,7 +101,10 @@ def prompts() -> tuple[torch.Tensor, torch.Tensor]:
         Decoding(temperature=0.8, top_p=0.9, top_k=10, repetition_penalty=1.3),
     ],
 )
-def test_sample_draws_what_generate_draws(model: MistralForCausalLM, d: Decoding) -> None:
+def test_sample_draws_what_generate_draws(
+    model: MistralForCausalLM, d: Decoding, sync_every: int
+) -> None:
+    """Token for token, whichever rows the loop dropped along the way."""
     ids, attn = prompts()
     for seed in range(4):
         torch.manual_seed(seed)
@@ -118,11 +122,102 @@ def test_sample_draws_what_generate_draws(model: MistralForCausalLM, d: Decoding
         )
         torch.manual_seed(seed)
         got = sample(
-            model, ids, attn, max_new_tokens=12, eos_token_id=EOS, pad_token_id=PAD, decoding=d
+            model,
+            ids,
+            attn,
+            max_new_tokens=12,
+            eos_token_id=EOS,
+            pad_token_id=PAD,
+            decoding=d,
+            sync_every=sync_every,
         )
-        width = ref.shape[1]
-        assert torch.equal(got.ids[:, :width], ref)
-        assert (got.ids[:, width:] == PAD).all()
+        assert torch.equal(got.ids, ref)  # the steps past the last EOS are cut off again
+        assert got.mask.shape[1] == got.logp.shape[1] == ref.shape[1] - ids.shape[1]
+
+
+def batch_sizes(model: MistralForCausalLM) -> tuple[list[int], torch.utils.hooks.RemovableHandle]:
+    """The batch size of every forward pass of ``model`` from now on (and the hook to remove)."""
+    seen: list[int] = []
+    handle = model.register_forward_pre_hook(
+        lambda _m, _a, kw: seen.append(kw["input_ids"].shape[0]), with_kwargs=True
+    )
+    return seen, handle
+
+
+def test_finished_rows_leave_the_batch_at_each_sync(model: MistralForCausalLM) -> None:
+    """Rows that ended are dropped at the next sync (one host sync per ``sync_every`` tokens),
+    and what every row samples is what the loop that never drops a row samples."""
+    gen = torch.Generator().manual_seed(0)
+    ids = torch.randint(3, 40, (16, 4), generator=gen)
+    attn = torch.ones_like(ids)
+    kwargs = {"max_new_tokens": 24, "eos_token_id": EOS, "pad_token_id": PAD}
+    syncs: list[int] = []
+
+    def agree(flags: torch.Tensor) -> torch.Tensor:
+        syncs.append(len(sizes))
+        return flags
+
+    sizes, handle = batch_sizes(model)
+    torch.manual_seed(1)
+    lean = sample(model, ids, attn, decoding=Decoding(), sync_every=4, agree=agree, **kwargs)
+    handle.remove()
+    torch.manual_seed(1)
+    every_row = sample(model, ids, attn, decoding=Decoding(), sync_every=10**6, **kwargs)
+    assert torch.equal(lean.ids, every_row.ids) and torch.equal(lean.mask, every_row.mask)
+    torch.testing.assert_close(lean.logp, every_row.logp, atol=1e-5, rtol=1e-5)
+
+    # token index of each row's EOS (never: 10**6)
+    has_eos = (lean.ids[:, 4:] == EOS).any(-1)
+    eos_at = torch.where(has_eos, lean.mask.sum(-1) - 1, 10**6)
+    assert 1 < int(has_eos.sum()) and int((eos_at > 8).sum()) > 1, "rows must end at odd times"
+    # the sync after token 4k-1 comes before forward 4k (forward 0 is the prefill)
+    assert syncs == [4 * (k + 1) for k in range(len(syncs))]
+    for f, size in enumerate(sizes):
+        k = f // 4  # syncs so far: rows whose EOS came before token 4k have left
+        assert size == max(int((eos_at >= 4 * k).sum()), 1), (f, sizes, eos_at)
+
+
+def test_a_process_with_every_row_done_keeps_stepping_with_one_row(
+    model: MistralForCausalLM,
+) -> None:
+    """Under FSDP every process must run the same forwards: when the others still decode, a
+    process whose rows all ended keeps one (finished, padded) row in the batch."""
+    ids, attn = prompts()
+    kwargs = {"max_new_tokens": 20, "eos_token_id": EOS, "pad_token_id": PAD}
+    for seed in range(100):  # a seed where every row ends early
+        torch.manual_seed(seed)
+        alone = sample(model, ids, attn, decoding=Decoding(), **kwargs)
+        if alone.mask.shape[1] < 20:
+            break
+    assert alone.mask.shape[1] < 20, "the test needs every row to end early"
+
+    def others_still_decode(flags: torch.Tensor) -> torch.Tensor:
+        return torch.stack([torch.zeros_like(flags[0]), flags[1]])
+
+    sizes, handle = batch_sizes(model)
+    torch.manual_seed(seed)
+    lockstep = sample(model, ids, attn, decoding=Decoding(), agree=others_still_decode, **kwargs)
+    handle.remove()
+    assert len(sizes) == 20 and sizes[-1] == 1  # prefill + 19 steps, down to one row
+    assert torch.equal(lockstep.ids, alone.ids) and torch.equal(lockstep.logp, alone.logp)
+
+
+def test_non_finite_logits_stop_every_process(model: MistralForCausalLM) -> None:
+    ids, attn = prompts()
+    kwargs = {"max_new_tokens": 12, "eos_token_id": EOS, "pad_token_id": PAD}
+
+    def nan_elsewhere(flags: torch.Tensor) -> torch.Tensor:
+        return torch.stack([flags[0], torch.zeros_like(flags[1])])
+
+    with pytest.raises(FloatingPointError, match="not finite by step 2"):
+        sample(model, ids, attn, decoding=Decoding(), sync_every=2, agree=nan_elsewhere, **kwargs)
+    broken = toy_mistral(40, pad_token_id=PAD, bos_token_id=BOS, eos_token_id=EOS)
+    with torch.no_grad():
+        broken.lm_head.weight[7, 0] = float("nan")
+    with pytest.raises(FloatingPointError, match="not finite by step 1"):
+        sample(broken, ids, attn, decoding=Decoding(), **kwargs)
+    with pytest.raises(ValueError, match="sync_every"):
+        sample(model, ids, attn, decoding=Decoding(), sync_every=0, **kwargs)
 
 
 def test_sampled_logprobs_match_a_full_forward(model: MistralForCausalLM) -> None:
@@ -151,3 +246,48 @@ def test_seen_before_is_the_prefix_set() -> None:
             expected = torch.zeros(9, dtype=torch.bool)
             expected[ids[b, : 5 + t]] = True
             assert torch.equal(got[b, t], expected)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_the_loop_waits_for_the_gpu_only_at_its_syncs_cuda() -> None:
+    """Between two syncs the loop only queues work: with torch's sync debug mode on (the
+    model's own forward excepted, its mask code is transformers'), a run of 24 tokens at
+    --sync-every 4 syncs twice per check (flags, finished rows) and three times to cut the
+    width at the end, not once per token."""
+    import warnings
+
+    model = toy_mistral(40, pad_token_id=PAD, bos_token_id=BOS, eos_token_id=EOS).cuda()
+    with torch.no_grad():  # EOS all but impossible: every step runs
+        model.lm_head.weight[EOS] -= 100.0
+    forward = model.forward
+
+    def forward_unwatched(*args: object, **kwargs: object) -> object:
+        torch.cuda.set_sync_debug_mode(0)
+        try:
+            return forward(*args, **kwargs)
+        finally:
+            torch.cuda.set_sync_debug_mode("warn")
+
+    model.forward = forward_unwatched  # type: ignore[method-assign]
+    ids, attn = prompts()
+    ids, attn = ids.cuda(), attn.cuda()
+    for every, checks in [(4, 5), (1, 23)]:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            torch.cuda.set_sync_debug_mode("warn")
+            try:
+                s = sample(
+                    model,
+                    ids,
+                    attn,
+                    max_new_tokens=24,
+                    eos_token_id=EOS,
+                    pad_token_id=PAD,
+                    decoding=Decoding(temperature=0.7, repetition_penalty=1.05),
+                    sync_every=every,
+                )
+            finally:
+                torch.cuda.set_sync_debug_mode(0)
+        assert s.mask.shape[1] == 24
+        syncs = [w for w in caught if "synchroniz" in str(w.message)]
+        assert len(syncs) <= 2 * checks + 3, (every, [str(w.message) for w in syncs])

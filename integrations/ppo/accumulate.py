@@ -8,6 +8,12 @@ gradient of the batch is therefore accumulated in MOGD's bank, one backward per 
 micro-batch inside ``opt.objective(i)`` with the loss scaled by N_c / N, and one ``opt.step()``
 takes the Gram of the accumulated gradients: the same step as one forward of all B sequences.
 
+A micro-batch is forwarded over the columns its own rows use: the left padding all of its
+prompts share (but one column, which the repetition penalty sees) and the response positions
+past its longest response are cut off (positions come from the attention mask and attention is
+causal, so no kept position changes), and a batch of short answers does not pay for the
+rollout's longest one.
+
 The entropy bonus is a regularizer R every objective shares: its gradient is accumulated the same
 way inside ``opt.regularizer()`` and MOGD adds it to the update outside the weighting,
 d = Σ_i w_i g_i + ∇R, so the bonus neither takes an objective's share nor counts k times.
@@ -30,24 +36,57 @@ __all__ = ["MicroBatch", "accumulate_objectives", "split"]
 
 @dataclass(frozen=True)
 class MicroBatch:
-    """Rows of one forward pass and their share N_c / N of the update batch's response tokens."""
+    """Rows of one forward pass, their share N_c / N of the update batch's response tokens, and
+    the columns they use: prompt columns from ``start`` on, ``width`` response tokens (None:
+    all of them)."""
 
     rows: torch.Tensor
     weight: float
+    start: int = 0
+    width: int | None = None
+
+    def inputs(
+        self, ids: torch.Tensor, attn: torch.Tensor, prompt_len: int
+    ) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """The micro-batch's ``ids``, ``attn`` (``[B, prompt_len + T]``) and prompt length."""
+        cols = slice(self.start, None if self.width is None else prompt_len + self.width)
+        return ids[self.rows, cols], attn[self.rows, cols], prompt_len - self.start
+
+    def cut(self, x: torch.Tensor) -> torch.Tensor:
+        """Its part ``[..., b, width]`` of a per-token tensor ``[..., B, T]``."""
+        return x[..., self.rows, : self.width]
 
 
-def split(rows: torch.Tensor, mask: torch.Tensor, size: int | None) -> list[MicroBatch]:
+def split(
+    rows: torch.Tensor,
+    mask: torch.Tensor,
+    size: int | None,
+    prompt_attn: torch.Tensor | None = None,
+) -> list[MicroBatch]:
     """Cut the update batch ``rows`` (indices into ``mask``'s rows) into micro-batches of at most
-    ``size`` sequences (None: one), weighted by their share of the response tokens (``mask`` 1)."""
+    ``size`` sequences (None: one), weighted by their share of the response tokens (``mask`` 1),
+    each trimmed to the response tokens its rows have and (``prompt_attn``, the prompts'
+    ``[B, P]`` attention mask) to the prompt columns any of its rows attends to."""
     if size is not None and size < 1:
         raise ValueError(f"--micro-batch-size must be >= 1 or None; got {size}")
     step = len(rows) if size is None else size
     chunks = [rows[lo : lo + step] for lo in range(0, len(rows), max(step, 1))]
     tokens = [float(mask[c].sum()) for c in chunks]
     total = sum(tokens)
-    if total == 0:  # no response tokens at all: every loss is 0; keep the chunks equal
-        return [MicroBatch(c, 1.0 / len(chunks)) for c in chunks]
-    return [MicroBatch(c, n / total) for c, n in zip(chunks, tokens, strict=True)]
+    out = []
+    for c, n in zip(chunks, tokens, strict=True):
+        used = mask[c].any(0).nonzero()
+        width = int(used.max()) + 1 if len(used) else 1
+        start = 0
+        if prompt_attn is not None:
+            attended = prompt_attn[c].any(0).nonzero()
+            # one column of the padding they share stays: the repetition penalty, as
+            # generate applies it, counts the pad token as seen on a padded row
+            start = max(int(attended.min()) - 1, 0) if len(attended) else 0
+        # no response tokens at all: every loss is 0; keep the chunks equal
+        weight = n / total if total else 1.0 / len(chunks)
+        out.append(MicroBatch(c, weight, start, width))
+    return out
 
 
 def accumulate_objectives(

@@ -142,6 +142,13 @@ class RolloutOptions:
     temperature: float = option(1.0, "sampling temperature")
     top_p: float = option(1.0, "nucleus sampling mass")
     repetition_penalty: float = option(1.0, "HF repetition penalty (1 = none)")
+    sync_every: int = option(
+        1,
+        "tokens between the decoding loop's host syncs, where it stops once every response has "
+        "ended and drops the ended rows from the batch; on a GPU each sync stalls the queue (and "
+        "all-reduces under FSDP), while up to N-1 steps past the last EOS are wasted",
+        added_later=True,
+    )
 
 
 @dataclass

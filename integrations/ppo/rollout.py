@@ -88,13 +88,12 @@ class Rollout:
     prompt_len: int
 
 
-def _all_ranks_done(done: torch.Tensor) -> bool:
-    """Whether every row of every process has finished: sharded models (FSDP) need all ranks
-    to run the same number of forward passes, so they stop together."""
-    flag = done.all().to(torch.int32)
+def _agree(flags: torch.Tensor) -> torch.Tensor:
+    """The MIN of the decoding loop's flags over the processes: sharded models (FSDP) need all
+    ranks to run the same number of forward passes, so they stop together."""
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        dist.all_reduce(flag, op=dist.ReduceOp.MIN)
-    return bool(flag)
+        dist.all_reduce(flags, op=dist.ReduceOp.MIN)
+    return flags
 
 
 @torch.no_grad()
@@ -113,7 +112,8 @@ def generate(setup: Setup, model: nn.Module, prompts: list[str], opts: RolloutOp
         eos_token_id=tok.eos_token_id,
         pad_token_id=tok.pad_token_id,
         decoding=decoding(opts),
-        all_done=_all_ranks_done,
+        sync_every=opts.sync_every,
+        agree=_agree,
     )
     texts = tok.batch_decode(out.ids[:, out.prompt_len :], skip_special_tokens=True)
     return Rollout(prompts, [t.strip() for t in texts], out.ids, out.attn, out.mask, out.prompt_len)

@@ -112,21 +112,32 @@ def sample(
     pad_token_id: int,
     decoding: Decoding,
     generator: torch.Generator | None = None,
-    all_done: Callable[[torch.Tensor], bool] | None = None,
+    sync_every: int = 1,
+    agree: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> Sample:
     """Sample up to ``max_new_tokens`` tokens per left-padded prompt with a KV cache.
 
-    Stops early once ``all_done(done)`` (default: every row has emitted EOS; sharded models
-    pass a test that agrees across processes). The draws come from the global RNG (as in
-    ``generate``) unless ``generator`` is given.
+    The loop looks at the host only every ``sync_every`` tokens: there it stops once every row
+    has emitted EOS, and drops the finished rows from the batch and the cache, so that they stop
+    costing. Between two checks it runs on the accelerator's queue alone (a check is one host
+    sync, and one all-reduce under ``agree``); the price is up to ``sync_every − 1`` steps past
+    the last EOS, whose columns are cut off again. Sharded models (FSDP) pass ``agree``, the MIN
+    of an int flag vector over the processes, so that every process runs the same number of
+    forward passes; a process with no row left keeps one finished row in the batch for them.
+
+    Each token is ``torch.multinomial(probs, 1)``'s own draw, argmax p/q with q ~ Exp(1), and
+    the q are drawn for every row of the original batch at every step: a row's tokens do not
+    depend on which rows were dropped, and match ``generate``'s for the same seed. The draws
+    come from the global RNG (as in ``generate``) unless ``generator`` is given.
     """
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    if sync_every < 1:
+        raise ValueError(f"sync_every must be >= 1, got {sync_every}")
     if input_ids.shape != attention_mask.shape or input_ids.dim() != 2:
         raise ValueError("input_ids and attention_mask must both be [batch, prompt_len]")
     batch, prompt_len = input_ids.shape
     device = input_ids.device
-    penalty = decoding.repetition_penalty != 1.0
     cache = DynamicCache(config=model.config)
     attn = attention_mask.long()
     out = model(
@@ -138,24 +149,46 @@ def sample(
         logits_to_keep=1,
     )
     logits = out.logits[:, -1].float()
+    vocab = logits.shape[-1]
     seen = None
-    if penalty:
-        seen = torch.zeros(batch, logits.shape[-1], dtype=torch.bool, device=device)
+    if decoding.repetition_penalty != 1.0:
+        seen = torch.zeros(batch, vocab, dtype=torch.bool, device=device)
         seen.scatter_(1, input_ids, True)
-    done = torch.zeros(batch, dtype=torch.bool, device=device)
-    tokens, logps = [], []
+    response = torch.full((batch, max_new_tokens), pad_token_id, dtype=torch.long, device=device)
+    logp = torch.zeros(batch, max_new_tokens, device=device)
+    rows = torch.arange(batch, device=device)  # the rows still in the batch (and the cache)
+    done = torch.zeros(batch, dtype=torch.bool, device=device)  # of those rows
+    finite = torch.ones((), dtype=torch.bool, device=device)
     for step in range(max_new_tokens):
         scores = process_logits(logits, seen, decoding)
         probs = scores.softmax(-1)
-        nxt = torch.multinomial(probs, 1, generator=generator).squeeze(1)
+        finite &= (torch.isfinite(probs).all(-1) | done).all()
+        q = torch.empty(batch, vocab, device=device).exponential_(1, generator=generator)
+        nxt = (probs / q[rows]).argmax(-1)
         nxt = torch.where(done, torch.full_like(nxt, pad_token_id), nxt)
         lp = torch.log_softmax(scores, -1).gather(1, nxt[:, None]).squeeze(1)
-        logps.append(lp.masked_fill(done, 0.0))
-        tokens.append(nxt)
+        response[rows, step] = nxt
+        logp[rows, step] = lp.masked_fill(done, 0.0)
         done = done | (nxt == eos_token_id)
-        finished = all_done(done) if all_done is not None else bool(done.all())
-        if finished or step + 1 == max_new_tokens:
+        if step + 1 == max_new_tokens:
             break
+        if (step + 1) % sync_every == 0:
+            flags = torch.stack([done.all(), finite]).int()
+            all_done, all_finite = (agree(flags) if agree is not None else flags).tolist()
+            if not all_finite:
+                raise FloatingPointError(
+                    f"the model's next-token probabilities are not finite by step {step + 1} "
+                    "(on this or another process): its logits overflowed or are NaN"
+                )
+            if all_done:
+                break
+            keep = (~done).nonzero().squeeze(1)
+            if len(keep) == 0:  # the other processes still decode: keep one row for them
+                keep = keep.new_zeros(1)
+            if len(keep) < len(rows):
+                rows, done, nxt, attn = rows[keep], done[keep], nxt[keep], attn[keep]
+                seen = None if seen is None else seen[keep]
+                cache.batch_select_indices(keep)
         if seen is not None:
             seen.scatter_(1, nxt[:, None], True)
         attn = torch.cat([attn, torch.ones_like(attn[:, :1])], 1)
@@ -168,13 +201,15 @@ def sample(
         )
         logits = out.logits[:, -1].float()
 
-    response = torch.stack(tokens, 1)
     is_eos = response == eos_token_id
     # keep tokens up to and including the first EOS; everything after it is padding
     after_eos = (is_eos.long().cumsum(-1) - is_eos.long()) > 0
     mask = (~after_eos).long()
-    response = response.masked_fill(after_eos, pad_token_id)
-    logp = torch.stack(logps, 1).masked_fill(after_eos, 0.0)
+    # columns past every row's EOS (the steps between the last EOS and the check that saw it)
+    width = int(mask.any(0).nonzero().max()) + 1  # column 0 is always in
+    mask = mask[:, :width]
+    response = response[:, :width].masked_fill(after_eos[:, :width], pad_token_id)
+    logp = logp[:, :width].masked_fill(after_eos[:, :width], 0.0)
     ids = torch.cat([input_ids, response], 1)
     full_attn = torch.cat([attention_mask.long(), mask], 1)
     return Sample(ids, full_attn, mask, logp, prompt_len)

@@ -68,6 +68,7 @@ PRESETS: dict[Preset, PresetSpec] = {
             "temperature": 0.7,
             "repetition_penalty": 1.05,
             "max_new_tokens": 512,
+            "sync_every": 16,  # a host sync + all-reduce per 16 tokens, not per token
             "batch_size": 16,
             "grad_accum": 8,
             "steps": None,

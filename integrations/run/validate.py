@@ -67,6 +67,7 @@ def validate(cfg: Config) -> None:
         "ppo_epochs",
         "minibatch_size",
         "max_new_tokens",
+        "sync_every",
         "save_every",
         "episode_cost_window",
         "eval_samples",
