@@ -57,7 +57,7 @@ GIB = 1024**3
 def shapes(smoke: bool, fsdp_layers: int) -> dict[str, dict[str, Any]]:
     """transformers config fields of the policy and the score models (the published 7B ones, or
     toy ones for the CPU smoke run)."""
-    from integrations.worlds.paper.memory import (
+    from integrations.worlds.paper.shapes import (
         DEFAULT_POLICY,
         DEFAULT_REWARD_MODEL,
         PUBLISHED_CONFIGS,
@@ -84,9 +84,9 @@ def build_setup(
     from transformers import AutoModel, AutoModelForCausalLM, LlamaConfig, MistralConfig
 
     from integrations.worlds.base import Setup
-    from integrations.worlds.paper.memory import LORA_TARGETS
     from integrations.worlds.paper.models import format_chat
     from integrations.worlds.paper.scorers import BeaverScoreModel, BeaverScorer
+    from integrations.worlds.paper.shapes import LORA_TARGETS
 
     tok, s_tok = world["tokenizer"], world["score_tokenizer"]
     ids = dict(
@@ -131,7 +131,8 @@ def build_setup(
 
 
 def plan_bytes(cfg: Any, world: dict[str, Any], policy_fields: dict[str, Any], fsdp: bool) -> Any:
-    from integrations.worlds.paper.memory import memory_plan, shape_from_config
+    from integrations.worlds.paper.memory import memory_plan
+    from integrations.worlds.paper.shapes import shape_from_config
 
     return memory_plan(
         shape_from_config(policy_fields),
@@ -202,7 +203,7 @@ def run_mode(mode: str, world: dict[str, Any], args: argparse.Namespace, tmp: Pa
     generated = sum(r["response_length"] for r in timed) / len(timed) * args.batch_size
     sequence = generated + world["prompt_tokens"] * args.batch_size
     plan = plan_bytes(cfg, world, policy_fields, fsdp)
-    from integrations.worlds.paper.memory import shape_from_config
+    from integrations.worlds.paper.shapes import shape_from_config
 
     return {
         "mode": mode,

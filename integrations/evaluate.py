@@ -16,8 +16,8 @@ scores: the columns of the paper's Table 1, over all prompts and per prompt grou
 
 ``sweep``: P-GAPO, MORLHF and Rewarded Soups (the PPO-H and PPO-S policies' weights
 interpolated) at the same preferences (λ, 1 − λ), λ ∈ ``--lambdas``; one hypervolume reference
-point for all three (:func:`~integrations.run.report.reference_point`); writes ``front.png``,
-``sweep.csv``, ``sweep.json``.
+point for all three (:func:`~integrations.run.report.reference_point`); writes ``front-seed{S}.png``,
+``sweep-seed{S}.csv``, ``sweep-seed{S}.json`` (per seed, as the runs).
 
 ``compare``: SFT, PPO-H, PPO-S, Safe RLHF, Fast RL, MGDA, GAPO p = 1 and GAPO p = 2 over several
 seeds; writes ``compare.json`` (one flat row per method and seed), ``compare.md`` and
@@ -195,9 +195,10 @@ def sweep(base: Config, out: Path, lambdas: Sequence[float] = SWEEP_LAMBDAS) -> 
         "points": points,
     }
     out.mkdir(parents=True, exist_ok=True)
-    write_json(out / "sweep.json", summary)
-    write_csv(out / "sweep.csv", points)
-    plot_front(out / "front.png", summary)
+    # one file per seed, as the runs are: the sweeps of several seeds share an --out
+    write_json(out / f"sweep-seed{seed}.json", summary)
+    write_csv(out / f"sweep-seed{seed}.csv", points)
+    plot_front(out / f"front-seed{seed}.png", summary)
     return summary
 
 
@@ -361,7 +362,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     f"{family}: hypervolume {info['hypervolume']:.4g} "
                     f"({info['non_dominated']}/{info['points']} non-dominated)"
                 )
-            print(f"front written to {Path(args.out) / 'front.png'}")
+            front = Path(args.out) / f"front-seed{summary['seed']}.png"
+            print(f"front written to {front}")
         else:
             summary = compare(base, Path(args.out), args.seeds)
             print(markdown_table(summarise(summary), summary))

@@ -118,8 +118,8 @@ def test_group_estimator_options_are_checked():
     assert group_indices([5, 2], 3) == [5, 5, 5, 2, 2, 2]
     # the paper preset: critics from the score models by default (Safe RLHF), heads for the
     # scalarised methods, which have no score model per stream
-    assert make_config("mistral-7b").algorithm.critic_init == "score"
-    assert make_config("mistral-7b", method="morlhf").algorithm.critic_init == "head"
+    assert make_config("mistral-7b", world_size=8).algorithm.critic_init == "score"
+    assert make_config("mistral-7b", world_size=8, method="morlhf").algorithm.critic_init == "head"
     assert (
         make_config("mistral-7b", advantage="group", samples_per_prompt=4).ppo.advantage == "group"
     )

@@ -4,11 +4,14 @@ default mode within an 80 GB GPU's budget (76 GiB) at 8 GPUs."""
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 
 from integrations.run.dry_run import dry_run_plan, format_plan
 from integrations.run.parse import make_config
-from integrations.worlds.paper.memory import ModelShape, memory_plan
+from integrations.worlds.paper.memory import memory_plan
+from integrations.worlds.paper.shapes import ModelShape
 
 GIB = 1024**3
 # policy: V=100, h=16, I=40, 2 layers, 4 heads x 4, 2 kv heads (kv width 8), untied LM head
@@ -114,9 +117,12 @@ def test_default_7b_mode_fits_76_gib_at_8_gpus():
         "picked": "full-score",
         "budget_gib": 76.0,
         "fits": True,
+        "options": {"lora_r": 0, "critic_init": "score"},
+        "why": None,
     }
-    assert set(memory) == {"full-score", "full-head", "lora-16"}
-    assert memory["full-score"]["sharding"] == "fsdp2" and memory["lora-16"]["sharding"] == "ddp"
+    assert set(memory) == {"full-score", "full-head", "lora-16-score", "lora-16-head"}
+    assert memory["full-score"]["sharding"] == "fsdp2"
+    assert memory["lora-16-score"]["sharding"] == memory["lora-16-head"]["sharding"] == "ddp"
     assert memory["full-score"]["total_bytes"] / GIB <= 76
     # micro-batches of 16 x (128 prompt + 512 generated) tokens
     assert "micro-batch 16 x 640 tokens" in memory["full-score"]["notes"][0]
@@ -126,8 +132,52 @@ def test_default_7b_mode_fits_76_gib_at_8_gpus():
 
 def test_a_mode_that_does_not_fit_is_replaced_and_said():
     plan = dry_run_plan(make_config("mistral-7b", world_size=8, lora_r=16))
-    assert not plan["memory"]["lora-16"]["fits"]  # replicated 7B critics and scorers
+    assert not plan["memory"]["lora-16-score"]["fits"]  # replicated 7B critics and scorers
     assert plan["mode"]["picked"] == "full-score"
     text = format_plan(plan)
     assert "LoRA r=16, score critics (DDP) needs" in text
     assert "the preset picks full, score critics (FSDP2)" in text
+
+
+@pytest.mark.parametrize(
+    ("world", "lora_r", "critic_init", "probe"),
+    [(4, 0, "head", "full"), (1, 16, "head", "full"), (8, 0, "score", "full")],
+)
+def test_the_preset_runs_the_first_mode_that_fits(world, lora_r, critic_init, probe):
+    """Without --critic-init and --lora-r the run itself takes the plan's pick, and says so;
+    what the user gave is kept (the plan then says what would fit)."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        cfg = make_config("mistral-7b", world_size=world)
+    assert (cfg.paper.lora_r, cfg.algorithm.critic_init, cfg.algorithm.probe) == (
+        lora_r,
+        critic_init,
+        probe,
+    )
+    said = [str(w.message) for w in caught if "the preset picks" in str(w.message)]
+    assert len(said) == (world != 8)
+    if said:
+        assert f"world size {world}" in said[0] and f"--critic-init {critic_init}" in said[0]
+    plan = dry_run_plan(cfg)
+    assert plan["memory"][plan["mode"]["configured"]]["fits"]
+    kept = make_config("mistral-7b", world_size=world, critic_init="score")
+    assert kept.algorithm.critic_init == "score" and kept.paper.lora_r == 0
+
+
+def test_group_advantages_plan_no_critic():
+    """--advantage group trains no critic: no mode carries one, and each costs what the same
+    mode with value heads costs less the heads (16 B per head parameter)."""
+    group = dry_run_plan(
+        make_config("mistral-7b", world_size=8, advantage="group", samples_per_prompt=4)
+    )
+    heads = dry_run_plan(make_config("mistral-7b", world_size=8, critic_init="head"))
+    assert set(group["memory"]) == {"full-none", "lora-16-none"}
+    assert group["critic_init"] == "none" and group["mode"]["picked"] == "full-none"
+    for key, twin in (("full-none", "full-head"), ("lora-16-none", "lora-16-head")):
+        mine, theirs = group["memory"][key], heads["memory"][twin]
+        assert not any(name.startswith("critics") for name in mine["bytes"])
+        assert mine["phases"]["critic train pass"] == 0
+        value_heads = theirs["bytes"]["critics: 2 value heads (fp32)"]
+        assert value_heads == 16 * 2 * (4096 + 1)
+        assert mine["total_bytes"] < theirs["total_bytes"]
+    assert "critics none (group advantages)" in format_plan(group)

@@ -38,20 +38,20 @@ from integrations.worlds.paper.data import (  # noqa: E402
     load_hh_prompts,
     load_pku_prompts,
 )
-from integrations.worlds.paper.memory import (  # noqa: E402
-    DEFAULT_COST_MODEL,
-    DEFAULT_POLICY,
-    DEFAULT_REWARD_MODEL,
-    PUBLISHED_CONFIGS,
-    lora_param_count,
-    shape_from_config,
-)
 from integrations.worlds.paper.models import load_policy, resolve_pretrained  # noqa: E402
 from integrations.worlds.paper.scorers import (  # noqa: E402
     BeaverScorer,
     build_score_critic,
     load_score_model,
     transfer_embeddings,
+)
+from integrations.worlds.paper.shapes import (  # noqa: E402
+    DEFAULT_COST_MODEL,
+    DEFAULT_POLICY,
+    DEFAULT_REWARD_MODEL,
+    PUBLISHED_CONFIGS,
+    lora_param_count,
+    shape_from_config,
 )
 
 HAS_PEFT = __import__("importlib").util.find_spec("peft") is not None
@@ -465,7 +465,8 @@ def test_paper_options_parse_and_belong_to_their_preset():
     assert paper.policy == "HuggingFaceH4/mistral-7b-sft-beta"
     assert paper.reward_model == "PKU-Alignment/beaver-7b-v1.0-reward"
     assert paper.cost_model == "PKU-Alignment/beaver-7b-v1.0-cost"
-    assert make_config("mistral-7b").algorithm.critic_init == "score"  # a default per preset
+    # a default per preset (at the 8 GPUs of Table 2, where it fits)
+    assert make_config("mistral-7b", world_size=8).algorithm.critic_init == "score"
     assert make_config("tiny").algorithm.critic_init == "copy"
     with pytest.raises(SystemExit):
         parse(["--critic-init", "random"])

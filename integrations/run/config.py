@@ -251,11 +251,11 @@ def config_hash(cfg: Config) -> str:
 
 def total_steps(batch: BatchOptions, n_prompts: int, world: int) -> int:
     """PPO iterations of the run: --steps, or --epochs passes over ``n_prompts`` train prompts
-    at batch-size x grad-accum prompts per process per iteration."""
+    at batch-size x grad-accum / samples-per-prompt distinct prompts per process per iteration."""
     if batch.steps is not None:
         return batch.steps
     assert batch.epochs is not None  # validate() guarantees one of them
-    return math.ceil(batch.epochs * n_prompts / (batch.rollout_size * world))
+    return math.ceil(batch.epochs * n_prompts / (batch.prompts_per_iteration * world))
 
 
 def fsdp_enabled(cfg: Config, world: int) -> bool:

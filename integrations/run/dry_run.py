@@ -1,5 +1,5 @@
 """``--dry-run``: parameter counts and the per-GPU memory plan of a run, from model configs only
-(no weights loaded; the paper world's arithmetic is :mod:`integrations.worlds.paper.memory`). :func:`dry_run_plan` returns the plan as data (the ``plan`` of
+(no weights loaded; the paper world's arithmetic is :mod:`integrations.worlds.paper.memory` and :mod:`~integrations.worlds.paper.shapes`). :func:`dry_run_plan` returns the plan as data (the ``plan`` of
 ``--dry-run --json``); :func:`format_plan` prints the paper preset's table."""
 
 from __future__ import annotations
@@ -7,20 +7,21 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 from ..ppo.methods import objective_count
-from ..worlds.paper.memory import (
-    GPU_BUDGET_GIB,
+from ..worlds.paper.memory import GPU_BUDGET_GIB, gib, memory_plan
+from ..worlds.paper.shapes import (
     PUBLISHED_CONFIGS,
     ModelShape,
-    gib,
     lora_param_count,
-    memory_plan,
     shape_from_config,
 )
-from .config import PAPER, Config, fsdp_enabled
+from .config import PAPER, Config, flag, fsdp_enabled
 from .presets import objective_names
+
+# a mode's critics: --critic-init, or none (group advantages)
+CriticMode = Literal["copy", "head", "score", "none"]
 
 NOTE = (
     "trained weights are fp32 masters with fp32 gradients and AdamW moments (bf16 compute: "
@@ -100,9 +101,12 @@ def dry_run_plan(cfg: Config) -> dict[str, Any]:
         response_len=min(cfg.rollout.max_new_tokens, seq - 1),
         gradient_checkpointing=paper.gradient_checkpointing,
     )
-    configured = f"lora-{paper.lora_r}" if paper.lora_r > 0 else f"full-{algo.critic_init}"
+    # group advantages train no critic: the modes differ only in LoRA
+    group = cfg.ppo.advantage == "group"
+    critics: tuple[CriticMode, ...] = ("none",) if group else ("score", "head")
+    configured = _mode_key(paper.lora_r, "none" if group else algo.critic_init)
     memory: dict[str, Any] = {}
-    for mode, label, lora_r, critic_init in _modes(configured, paper.lora_r, algo.critic_init):
+    for mode, lora_r, critic_init in _modes(configured, paper.lora_r, critics):
         sharding: Literal["ddp", "fsdp2"] = "fsdp2" if world > 1 and lora_r == 0 else "ddp"
         plan = memory_plan(
             policy,
@@ -114,7 +118,7 @@ def dry_run_plan(cfg: Config) -> dict[str, Any]:
             **common,
         )
         memory[mode] = {
-            "label": f"{label} ({'FSDP2' if sharding == 'fsdp2' else 'DDP'})",
+            "label": f"{_mode_label(lora_r, critic_init)} ({'FSDP2' if sharding == 'fsdp2' else 'DDP'})",
             "sharding": sharding,
             "bytes": dict(plan.entries),
             "phases": dict(plan.phases),
@@ -122,9 +126,20 @@ def dry_run_plan(cfg: Config) -> dict[str, Any]:
             "total_gib": round(gib(plan.total), 2),
             "fits": gib(plan.total) <= GPU_BUDGET_GIB,
             "notes": list(plan.notes),
+            # what make_config passes to run this mode (no critic: --critic-init is moot)
+            "options": {"lora_r": lora_r, **({} if group else {"critic_init": critic_init})},
         }
     fitting = [m for m in memory if memory[m]["fits"]]
     picked = configured if memory[configured]["fits"] or not fitting else fitting[0]
+    conf, pick = memory[configured], memory[picked]
+    why = None  # a sentence when the preset picks another mode than the configured one
+    if picked != configured:
+        flags = ", ".join(f"{flag(k)} {v}" for k, v in pick["options"].items())
+        why = (
+            f"{conf['label']} needs {conf['total_gib']:.2f} GiB per GPU at world size {world}, "
+            f"over the {GPU_BUDGET_GIB:.0f} GiB budget: the preset picks {pick['label']} "
+            f"({pick['total_gib']:.2f} GiB; {flags})"
+        )
     return {
         "world_size": world,
         "sharding": "fsdp2" if fsdp_enabled(cfg, world) else "ddp",
@@ -141,31 +156,41 @@ def dry_run_plan(cfg: Config) -> dict[str, Any]:
             "bank_elements": k * _bank(policy, probe, trainable),
         },
         "scorers": scorers,
-        "critic_init": algo.critic_init,
+        "critic_init": critics[0] if group else algo.critic_init,
         "memory": memory,
         "mode": {
             "configured": configured,
             "picked": picked,
             "budget_gib": GPU_BUDGET_GIB,
             "fits": memory[picked]["fits"],
+            "options": pick["options"],
+            "why": why,
         },
     }
 
 
-def _modes(configured: str, lora_r: int, critic_init: str) -> list[tuple[str, str, int, Any]]:
-    """(key, label, lora_r, critic_init) of each mode the plan compares, in the order the preset
-    prefers them when the configured one does not fit: full fine-tuning with score-model critics
-    (the default), with value heads on the policy, then LoRA (r = --lora-r, or 16)."""
+def _modes(
+    configured: str, lora_r: int, critics: tuple[CriticMode, ...]
+) -> list[tuple[str, int, CriticMode]]:
+    """(key, lora_r, critic_init) of each mode the plan compares, in the order the preset
+    prefers them when the configured one does not fit: full fine-tuning with each of
+    ``critics`` (score-model critics first, the default), then LoRA (r = --lora-r, or 16) with
+    each; the configured mode first when it is none of these (copy critics)."""
     r = lora_r or 16
-    lora_critics = critic_init if lora_r > 0 else "score"
-    modes = [
-        ("full-score", "full, score critics", 0, "score"),
-        ("full-head", "full, head critics", 0, "head"),
-        (f"lora-{r}", f"LoRA r={r}, {lora_critics} critics", r, lora_critics),
-    ]
-    if configured == "full-copy":
-        modes.insert(0, ("full-copy", "full, copy critics", 0, "copy"))
+    modes = [(_mode_key(lora, c), lora, c) for lora in (0, r) for c in critics]
+    if configured not in {key for key, *_ in modes}:
+        modes.insert(0, (configured, lora_r, cast(CriticMode, configured.rsplit("-", 1)[1])))
     return modes
+
+
+def _mode_key(lora_r: int, critic_init: str) -> str:
+    """``full-score``, ``lora-16-head``, ``full-none`` (group advantages: no critic), ..."""
+    return f"{f'lora-{lora_r}' if lora_r else 'full'}-{critic_init}"
+
+
+def _mode_label(lora_r: int, critic_init: str) -> str:
+    critics = "no critic" if critic_init == "none" else f"{critic_init} critics"
+    return f"{f'LoRA r={lora_r}' if lora_r else 'full'}, {critics}"
 
 
 def _bank(shape: ModelShape, probe: str | None, trainable: int) -> int:
@@ -195,7 +220,8 @@ def format_plan(plan: dict[str, Any]) -> str:
     for s in plan["scorers"]:
         lines.append(f"{s['kind']:<6}  {s['model']}  [{s['source']}]")
         lines.append(f"  parameters {s['parameters']:,} ({s['name']}, {s['quantization']})")
-    lines.append(f"critics {plan['critic_init']}")
+    none = plan["critic_init"] == "none"
+    lines.append(f"critics {plan['critic_init']}" + (" (group advantages)" if none else ""))
     memory, mode = plan["memory"], plan["mode"]
     picked = memory[mode["picked"]]
     verdict = (
@@ -223,12 +249,7 @@ def format_plan(plan: dict[str, Any]) -> str:
     if mode["picked"] == mode["configured"]:
         lines.append(f"this run: {picked['label']}: {picked['total_gib']:.2f} GiB, {verdict}")
     else:
-        conf = memory[mode["configured"]]
-        lines.append(
-            f"this run: {conf['label']} needs {conf['total_gib']:.2f} GiB > "
-            f"{mode['budget_gib']:.0f} GiB: the preset picks {picked['label']} "
-            f"({picked['total_gib']:.2f} GiB)"
-        )
+        lines.append(f"this run: {mode['why']}")
     lines.extend(f"note [{k}]: {n}" for k, m in memory.items() for n in m["notes"])
     lines.append(f"note: {NOTE}")
     return "\n".join(lines)

@@ -7,12 +7,14 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from ..ppo.methods import METHODS
-from .config import BOOKKEEPING, SECTIONS, Config, Preset, flag, option_presets
+from .config import BOOKKEEPING, PAPER, SECTIONS, Config, Preset, flag, option_presets
+from .dry_run import dry_run_plan
 from .presets import PRESETS
 from .validate import validate
 
@@ -24,6 +26,8 @@ def make_config(preset: Preset = "tiny", **given: Any) -> Config:
     declaration. Giving ``steps`` or ``epochs`` drops the other one's preset default; with LoRA
     the probe defaults to full mode (the LM head is frozen, so there is nothing to probe); a
     scalarised method (morlhf, fast-rl) falls back from a preset's ``score`` critic to ``head``.
+    The paper preset, when neither ``critic_init`` nor ``lora_r`` is given, takes the first mode
+    of its memory plan that fits a GPU (:func:`~.dry_run.dry_run_plan`) and warns that it did.
     """
     if preset not in PRESETS:
         raise ValueError(f"--preset must be one of {', '.join(PRESETS)}; got {preset!r}")
@@ -57,6 +61,11 @@ def make_config(preset: Preset = "tiny", **given: Any) -> Config:
     values.update(given)
     cfg = Config.from_flat({**values, "preset": preset})
     validate(cfg)
+    if preset in PAPER and "critic_init" not in given and "lora_r" not in given:
+        mode = dry_run_plan(cfg)["mode"]
+        if mode["picked"] != mode["configured"]:
+            warnings.warn(f"--preset {preset}: {mode['why']}", stacklevel=2)
+            return make_config(preset, **given, **mode["options"])
     return cfg
 
 

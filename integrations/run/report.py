@@ -238,7 +238,7 @@ def plain_table(table: list[dict[str, Any]], columns: list[str]) -> list[str]:
 
 
 def plot_front(path: Path, summary: dict[str, Any]) -> None:
-    """front.png: each family's points of a sweep, the SFT policy and the reference point."""
+    """front-seed{S}.png: each family's points of a sweep, the SFT policy and the reference point."""
     import matplotlib
 
     matplotlib.use("Agg")

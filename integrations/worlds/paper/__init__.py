@@ -6,7 +6,8 @@ models, PKU-SafeRLHF and HH-RLHF prompts (Li et al., ACL 2025, §4 and App. B).
     models   the policy: loading, LoRA, gradient checkpointing, chat format
     scorers  the beaver score models as scorers, and critics initialised from them
     data     the prompt sets, from the hub or local files
-    memory   parameter counts and the per-GPU memory plan, from configs only
+    shapes   model shapes and parameter counts, from configs only
+    memory   the per-GPU memory plan of each mode, from the shapes
 
 Nothing is imported here.
 """

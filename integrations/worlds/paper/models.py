@@ -32,6 +32,18 @@ BEAVER_TEMPLATE = "BEGINNING OF CONVERSATION: USER: {prompt} ASSISTANT:{response
 _MODEL_FILES = ["*.json", "*.safetensors", "tokenizer*", "*.model", "*.txt"]
 
 
+def onto(device: str | torch.device) -> dict[str, Any]:
+    """``from_pretrained`` keywords that read a checkpoint straight onto ``device``: each
+    tensor goes from the (memory-mapped) file to this rank's GPU, so a replicated model (LoRA,
+    DDP) never sits whole in host memory first, once per rank."""
+    from ..base import LOCAL_MODEL_KWARGS
+
+    device = torch.device(device)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
+    return {**LOCAL_MODEL_KWARGS, "device_map": {"": device}}
+
+
 def resolve_pretrained(name_or_path: str | os.PathLike[str], *, option: str) -> Path:
     """A local directory for a model given as a local path or a hub id.
 
@@ -78,7 +90,7 @@ def with_lora(model: Any, r: int, alpha: int | None, *, option: str) -> Any:
         raise ValueError(f"{option} > 0 needs peft: `pip install peft`, or pass {option} 0")
     from peft import LoraConfig, get_peft_model
 
-    from .memory import LORA_TARGETS
+    from .shapes import LORA_TARGETS
 
     config = LoraConfig(
         r=r,
@@ -124,12 +136,10 @@ def load_policy(
     """
     from transformers import AutoModelForCausalLM
 
-    from ..base import LOCAL_MODEL_KWARGS
-
     if lora_r < 0:
         raise ValueError(f"--lora-r must be >= 0, got {lora_r}")
     path = resolve_pretrained(name_or_path, option="--policy")
-    model: Any = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **LOCAL_MODEL_KWARGS)
+    model: Any = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **onto(device))
     if gradient_checkpointing:
         enable_checkpointing(model)
     if lora_r > 0:
@@ -162,8 +172,6 @@ def load_reference(
     """A frozen copy of the policy's initial weights (full fine-tuning only)."""
     from transformers import AutoModelForCausalLM
 
-    from ..base import LOCAL_MODEL_KWARGS
-
     path = resolve_pretrained(name_or_path, option="--policy")
-    model: Any = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **LOCAL_MODEL_KWARGS)
-    return model.to(device).eval().requires_grad_(False)
+    model: Any = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **onto(device))
+    return model.eval().requires_grad_(False)

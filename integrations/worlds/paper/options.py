@@ -13,7 +13,7 @@ from typing import Literal
 
 from ...ppo.options import option
 from .data import HH_RLHF, PKU_SAFERLHF
-from .memory import DEFAULT_COST_MODEL, DEFAULT_POLICY, DEFAULT_REWARD_MODEL
+from .shapes import DEFAULT_COST_MODEL, DEFAULT_POLICY, DEFAULT_REWARD_MODEL
 
 __all__ = ["PaperOptions"]
 

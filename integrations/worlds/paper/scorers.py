@@ -37,7 +37,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from .models import BEAVER_TEMPLATE, enable_checkpointing, resolve_pretrained, with_lora
+from .models import BEAVER_TEMPLATE, enable_checkpointing, onto, resolve_pretrained, with_lora
 
 __all__ = [
     "BeaverScoreModel",
@@ -175,16 +175,14 @@ def load_score_model(
     """
     from transformers import AutoConfig, AutoModel
 
-    from ..base import LOCAL_MODEL_KWARGS
-
     path = resolve_pretrained(name_or_path, option=option)
     config = AutoConfig.from_pretrained(path)
     bnb = _quantization_config(
         quantization, "--load-in-8bit" if quantization == "8bit" else "--load-in-4bit"
     )
-    kwargs: dict[str, Any] = {"dtype": dtype, "output_loading_info": True, **LOCAL_MODEL_KWARGS}
+    kwargs: dict[str, Any] = {"dtype": dtype, "output_loading_info": True, **onto(device)}
     if bnb is not None:
-        kwargs.update(quantization_config=bnb, device_map={"": str(device)})
+        kwargs.update(quantization_config=bnb)
     with _quiet_load_report():  # score_head.* / normalizer.* are "unexpected" to a LlamaModel
         backbone, info = AutoModel.from_pretrained(path, **kwargs)
     if info["missing_keys"]:
@@ -208,11 +206,8 @@ def load_score_model(
             head.bias.copy_(bias.float())
     mean, std = score_normalizer(config)
     model = BeaverScoreModel(backbone, head, mean=mean, std=std)
-    if bnb is None:
-        model.to(device)
-    else:
-        model.score_head.to(device)
-        model.mean, model.std = model.mean.to(device), model.std.to(device)
+    model.score_head.to(device)  # the backbone is there already (and bnb's cannot move)
+    model.mean, model.std = model.mean.to(device), model.std.to(device)
     model.eval().requires_grad_(False)
     return model, score_tokenizer(path)
 
@@ -370,7 +365,7 @@ def build_score_critic(
     fully; otherwise everything trains.
     """
     model, scorer_tokenizer = load_score_model(
-        name_or_path, option=option, dtype=dtype, device="cpu"
+        name_or_path, option=option, dtype=dtype, device=device
     )
     if model.score_head.out_features != 1:
         raise ValueError(
@@ -379,7 +374,7 @@ def build_score_critic(
     backbone: Any = model.backbone
     old = backbone.get_input_embeddings().weight.detach()
     rows = transfer_embeddings(old, scorer_tokenizer, policy_tokenizer, num_embeddings)
-    embedding = nn.Embedding(rows.shape[0], rows.shape[1], dtype=old.dtype)
+    embedding = nn.Embedding(rows.shape[0], rows.shape[1], dtype=old.dtype, device=old.device)
     with torch.no_grad():
         embedding.weight.copy_(rows)
     backbone.set_input_embeddings(embedding)
