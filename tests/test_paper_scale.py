@@ -24,6 +24,7 @@ from transformers import (  # noqa: E402
 from integrations.run.dry_run import dry_run_plan, format_plan  # noqa: E402
 from integrations.run.parse import build_parser, make_config  # noqa: E402
 from integrations.testing import (  # noqa: E402
+    PolicySize,
     SavedScoreModel,
     policy_tokenizer,
     save_hh_prompts,
@@ -270,6 +271,44 @@ def test_policy_lora_reference_is_disabled_adapters(world):
         expected = world["policy"](**ids).logits
     torch.testing.assert_close(base, expected)
     assert (adapted - expected).abs().max() > 1e-3
+
+
+def _anon_rss() -> int:
+    """This process's anonymous resident memory in bytes (not the page cache of mapped files)."""
+    with open("/proc/self/status") as f:
+        kib = next(int(line.split()[1]) for line in f if line.startswith("RssAnon:"))
+    return kib * 1024
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_a_replicated_policy_loads_straight_onto_the_gpu_cuda(tmp_path):
+    """LoRA runs replicate the policy (DDP): ``from_pretrained`` reads it onto this rank's GPU,
+    so no whole copy passes through host memory first, once per rank. Peak anonymous RSS while
+    loading a 120M-parameter policy stays far below its size."""
+    import threading
+
+    p_tok = policy_tokenizer(sorted(set(WORDS)))
+    size = PolicySize(hidden=1024, intermediate=4096, layers=8, heads=16, kv_heads=4)
+    save_policy(tmp_path / "policy", p_tok, size, seed=0, device="cuda")  # CUDA initialised
+    torch.cuda.synchronize()
+    before, peak, done = _anon_rss(), [0], threading.Event()
+
+    def watch() -> None:
+        while not done.is_set():
+            peak[0] = max(peak[0], _anon_rss())
+            done.wait(0.002)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        model, _, _ = load_policy(tmp_path / "policy", device="cuda", lora_r=4)
+    finally:
+        done.set()
+        watcher.join()
+    assert all(p.device.type == "cuda" for p in model.parameters())
+    nbytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    assert nbytes > 200 * 2**20
+    assert peak[0] - before < 0.3 * nbytes, (peak[0] - before, nbytes)
 
 
 # --- prompts -----------------------------------------------------------------------------------
