@@ -163,7 +163,9 @@ def sample(
         scores = process_logits(logits, seen, decoding)
         probs = scores.softmax(-1)
         finite &= (torch.isfinite(probs).all(-1) | done).all()
-        q = torch.empty(batch, vocab, device=device).exponential_(1, generator=generator)
+        # torch.multinomial(probs, 1)'s draw, with q for every row of the original batch
+        q = torch.empty(batch, vocab, dtype=probs.dtype, device=device)
+        q = q.exponential_(1, generator=generator)
         nxt = (probs / q[rows]).argmax(-1)
         nxt = torch.where(done, torch.full_like(nxt, pad_token_id), nxt)
         lp = torch.log_softmax(scores, -1).gather(1, nxt[:, None]).squeeze(1)
