@@ -131,6 +131,7 @@ def build_setup(
 
 
 def plan_bytes(cfg: Any, world: dict[str, Any], policy_fields: dict[str, Any], fsdp: bool) -> Any:
+    from integrations.run.config import decoded_at_once
     from integrations.worlds.paper.memory import memory_plan
     from integrations.worlds.paper.shapes import shape_from_config
 
@@ -145,7 +146,7 @@ def plan_bytes(cfg: Any, world: dict[str, Any], policy_fields: dict[str, Any], f
         critic_init=cfg.algorithm.critic_init,
         precision=cfg.engine.precision,
         micro_batch=cfg.batch.micro_batch_size or cfg.batch.update_size,
-        rollout_batch=cfg.batch.rollout_size,
+        rollout_batch=decoded_at_once(cfg),
         prompt_len=world["prompt_tokens"],
         response_len=cfg.rollout.max_new_tokens,
     )

@@ -181,3 +181,17 @@ def test_group_advantages_plan_no_critic():
         assert value_heads == 16 * 2 * (4096 + 1)
         assert mine["total_bytes"] < theirs["total_bytes"]
     assert "critics none (group advantages)" in format_plan(group)
+
+
+def test_generation_batch_bounds_the_kv_cache():
+    """--generation-batch 64 decodes half the rollout at a time: the generation phase loses 64
+    rows of KV cache (bf16 keys and values, 32 layers x 8 KV heads x 128, 640 tokens each)."""
+    whole = dry_run_plan(make_config("mistral-7b", world_size=8))["memory"]["full-score"]
+    half = dry_run_plan(make_config("mistral-7b", world_size=8, generation_batch=64))
+    half_mode = half["memory"]["full-score"]
+    kv_per_row = 2 * 2 * 32 * (8 * 128) * 640
+    assert whole["phases"]["generation"] - half_mode["phases"]["generation"] == 64 * kv_per_row
+    assert half_mode["total_bytes"] < whole["total_bytes"]
+    assert "decoded 64 at a time" in half_mode["notes"][0]
+    more = dry_run_plan(make_config("mistral-7b", world_size=8, generation_batch=1000))
+    assert more["memory"]["full-score"]["phases"] == whole["phases"]  # at most the rollout

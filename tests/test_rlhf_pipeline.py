@@ -54,6 +54,8 @@ TINY_RUN = [
         (["--grad-accum", "0"], "--grad-accum"),
         (["--top-p", "1.5"], "--top-p"),
         (["--lora-r", "8"], "--lora-r"),
+        (["--sync-every", "0"], "--sync-every"),
+        (["--generation-batch", "0"], "--generation-batch"),
     ],
 )
 def test_bad_config_fails_before_loading(argv, option, monkeypatch, capsys):
@@ -186,6 +188,7 @@ def test_run_directories_from_before_sections_resume(tmp_path, monkeypatch, caps
         "critic_warmup": 0,
         "prompt_len": 128,
         "sync_every": 1,
+        "generation_batch": None,
     }
     assert cfg.algorithm.method == "safe-rlhf" and cfg.safe_rlhf.lambda_threshold == -0.8
     assert cfg.batch.steps == 2 and cfg.rollout.max_new_tokens == 4

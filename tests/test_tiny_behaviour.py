@@ -9,6 +9,7 @@ import torch
 import mogd
 from integrations.ppo.accumulate import accumulate_objectives, split
 from integrations.ppo.rollout import decoding, forward_response, generate
+from integrations.ppo.sampling import sample
 from integrations.ppo.surrogate import policy_loss
 from integrations.rlhf_mistral import train
 from integrations.run import presets
@@ -62,6 +63,50 @@ def test_mogd_weights_reach_the_policy_update(tmp_path) -> None:
     torch.testing.assert_close(info.weights.double(), w, rtol=1e-6, atol=0)
     torch.testing.assert_close(after - before, expected, rtol=1e-6, atol=1e-12)
     assert expected.norm() > 0
+
+
+def test_a_rollout_decoded_in_chunks_is_one_rollout(tmp_path) -> None:
+    """--generation-batch 3: each chunk decodes its rows of the prompts padded together (what
+    ``sample`` draws on those rows, in order), the responses are right-padded to the longest,
+    and the update's forward over the merged rollout gives back the log-probs every token was
+    sampled with (the padding changed no row's distribution: same prompt columns, pads after
+    EOS only)."""
+    setup = build_tiny_setup(tmp_path, seed=0, sft_steps=3)
+    policy, tok = setup.policy, setup.tokenizer
+    cfg = make_config("tiny", max_new_tokens=10, generation_batch=3)
+    prompts = [setup.train_prompts[i] for i in (0, 5, 9, 14, 22, 31, 40, 47)]
+    enc = tok([setup.format_prompt(p) for p in prompts], return_tensors="pt", padding=True)
+    ids, attn = enc["input_ids"], enc["attention_mask"]
+    with torch.no_grad():  # a 3-step SFT policy: EOS's logit about 2.5, so rows end apart
+        h = policy(**enc, output_hidden_states=True).hidden_states[-1][:, -1].mean(0)
+        policy.get_output_embeddings().weight[tok.eos_token_id] += 2.5 * h / h.norm() ** 2
+    torch.manual_seed(0)
+    ro = generate(setup, policy, prompts, cfg.rollout)
+    assert torch.equal(ro.ids[:, : ro.prompt_len], ids) and ro.prompt_len == ids.shape[1]
+    dec = decoding(cfg.rollout)
+    torch.manual_seed(0)
+    logp = torch.zeros(ro.mask.shape)
+    for lo in range(0, 8, 3):
+        part = sample(
+            policy,
+            ids[lo : lo + 3],
+            attn[lo : lo + 3],
+            max_new_tokens=10,
+            eos_token_id=tok.eos_token_id,
+            pad_token_id=tok.pad_token_id,
+            decoding=dec,
+        )
+        width = part.mask.shape[1]
+        assert torch.equal(ro.ids[lo : lo + 3, : ro.prompt_len + width], part.ids)
+        assert torch.equal(ro.mask[lo : lo + 3, :width], part.mask)
+        assert not ro.mask[lo : lo + 3, width:].any()
+        assert (ro.ids[lo : lo + 3, ro.prompt_len + width :] == tok.pad_token_id).all()
+        logp[lo : lo + 3, :width] = part.logp
+    assert len({int(m.sum()) for m in ro.mask}) > 2, ro.mask.sum(-1)  # rows ended apart
+    with torch.no_grad():
+        again, _, _ = forward_response(policy, ro.ids, ro.attn, ro.prompt_len, dec)
+    m = ro.mask.bool()
+    torch.testing.assert_close(again[m], logp[m], atol=1e-4, rtol=1e-4)
 
 
 @pytest.fixture(scope="module")

@@ -149,6 +149,13 @@ class RolloutOptions:
         "all-reduces under FSDP), while up to N-1 steps past the last EOS are wasted",
         added_later=True,
     )
+    generation_batch: int | None = option(
+        None,
+        "sequences decoded at once per process: the rollout is sampled in chunks of this many "
+        "(same prompt padding, so the same distribution), which bounds the KV cache and costs "
+        "more decoding steps; None = the whole rollout at once",
+        added_later=True,
+    )
 
 
 @dataclass

@@ -100,23 +100,48 @@ def _agree(flags: torch.Tensor) -> torch.Tensor:
 def generate(setup: Setup, model: nn.Module, prompts: list[str], opts: RolloutOptions) -> Rollout:
     """Sample one response per prompt with the lean KV-cache loop of
     :mod:`.sampling` (``generate``'s distribution: temperature, top-p, repetition
-    penalty; at most ``--max-new-tokens``)."""
+    penalty; at most ``--max-new-tokens``), ``--generation-batch`` prompts at a time.
+
+    The prompts are padded together once and each chunk decodes its rows of that one batch, so
+    every row sees the padding it would see in one decode (the repetition penalty counts the
+    pad token); the chunks' responses are right-padded to the longest.
+    """
     tok = setup.tokenizer
     enc = tok([setup.format_prompt(p) for p in prompts], return_tensors="pt", padding=True)
     enc = enc.to(next(model.parameters()).device)
-    out = sample(
-        model,  # type: ignore[arg-type]  # a transformers causal LM
-        enc["input_ids"],
-        enc["attention_mask"],
-        max_new_tokens=opts.max_new_tokens,
-        eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id,
-        decoding=decoding(opts),
-        sync_every=opts.sync_every,
-        agree=_agree,
+    ids, attn = enc["input_ids"], enc["attention_mask"]
+    size = opts.generation_batch or len(prompts)
+    parts = [
+        sample(
+            model,  # type: ignore[arg-type]  # a transformers causal LM
+            ids[lo : lo + size],
+            attn[lo : lo + size],
+            max_new_tokens=opts.max_new_tokens,
+            eos_token_id=tok.eos_token_id,
+            pad_token_id=tok.pad_token_id,
+            decoding=decoding(opts),
+            sync_every=opts.sync_every,
+            agree=_agree,
+        )
+        for lo in range(0, len(prompts), size)
+    ]
+    width = max(p.mask.shape[1] for p in parts)
+
+    def right_pad(x: torch.Tensor, value: int) -> torch.Tensor:
+        return torch.nn.functional.pad(x, (0, width - x.shape[1]), value=value)
+
+    response = torch.cat([right_pad(p.ids[:, p.prompt_len :], tok.pad_token_id) for p in parts])
+    mask = torch.cat([right_pad(p.mask, 0) for p in parts])
+    prompt_len = ids.shape[1]
+    texts = tok.batch_decode(response, skip_special_tokens=True)
+    return Rollout(
+        prompts,
+        [t.strip() for t in texts],
+        torch.cat([ids, response], 1),
+        torch.cat([attn.long(), mask], 1),
+        mask,
+        prompt_len,
     )
-    texts = tok.batch_decode(out.ids[:, out.prompt_len :], skip_special_tokens=True)
-    return Rollout(prompts, [t.strip() for t in texts], out.ids, out.attn, out.mask, out.prompt_len)
 
 
 def score(scorers: Sequence[Scorer], rollout: Rollout) -> torch.Tensor:

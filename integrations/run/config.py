@@ -264,3 +264,9 @@ def fsdp_enabled(cfg: Config, world: int) -> bool:
     if cfg.engine.fsdp is not None:
         return cfg.engine.fsdp
     return cfg.run.preset in PAPER and cfg.paper.lora_r == 0 and world > 1
+
+
+def decoded_at_once(cfg: Config) -> int:
+    """Sequences one process decodes at once: its rollout, or --generation-batch of it."""
+    rollout = cfg.batch.rollout_size
+    return min(cfg.rollout.generation_batch or rollout, rollout)

@@ -17,7 +17,7 @@ from ..worlds.paper.shapes import (
     lora_param_count,
     shape_from_config,
 )
-from .config import PAPER, Config, flag, fsdp_enabled
+from .config import PAPER, Config, decoded_at_once, flag, fsdp_enabled
 from .presets import objective_names
 
 # a mode's critics: --critic-init, or none (group advantages)
@@ -96,7 +96,7 @@ def dry_run_plan(cfg: Config) -> dict[str, Any]:
         quant=quant,
         precision=cfg.engine.precision,
         micro_batch=cfg.batch.micro_batch_size or cfg.batch.update_size,
-        rollout_batch=cfg.batch.rollout_size,
+        rollout_batch=decoded_at_once(cfg),
         prompt_len=seq - min(cfg.rollout.max_new_tokens, seq - 1),
         response_len=min(cfg.rollout.max_new_tokens, seq - 1),
         gradient_checkpointing=paper.gradient_checkpointing,

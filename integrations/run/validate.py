@@ -118,6 +118,11 @@ def validate(cfg: Config) -> None:
         raise ValueError(
             f"--lambda-max ({cfg.safe_rlhf.lambda_max}) must be >= --lambda-init ({cfg.safe_rlhf.lambda_init})"
         )
+    generation = cfg.rollout.generation_batch
+    if generation is not None and generation < 1:
+        raise ValueError(
+            f"--generation-batch must be >= 1 or None (the whole rollout); got {generation}"
+        )
     if cfg.engine.threads is not None and cfg.engine.threads < 1:
         raise ValueError(f"--threads must be >= 1 or None; got {cfg.engine.threads}")
     if cfg.optim.max_grad_norm is not None and not cfg.optim.max_grad_norm > 0:

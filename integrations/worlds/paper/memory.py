@@ -132,8 +132,9 @@ def memory_plan(
 
     Transient, the largest of four phases that do not overlap (``plan.phases``):
 
-    * generation of the rollout batch: KV cache of ``rollout_batch`` x seq; under FSDP2 the
-      policy is gathered once per rollout batch, a bf16 copy of every weight;
+    * generation: KV cache of ``rollout_batch`` x seq (the sequences decoded at once: the
+      rollout, or ``--generation-batch`` of it); under FSDP2 the policy is gathered once per
+      rollout, a bf16 copy of every weight;
     * the policy's training micro-batch: checkpointed decoder + logits (:func:`logits_bytes`),
       and under FSDP2 the units in flight: root + two decoder layers (current + prefetched) in
       bf16 and the root's unsharded gradient (bf16, and its float32 copy for the reduce-scatter);
@@ -275,7 +276,7 @@ def memory_plan(
         add(("CUDA context + NCCL buffers", fixed))
     plan.notes.append(
         f"micro-batch {micro_batch} x {seq_len} tokens ({prompt_len} prompt + {response_len} "
-        f"response); rollouts of {rollout_batch}; gradient checkpointing "
+        f"response); decoded {rollout_batch} at a time; gradient checkpointing "
         f"{'on' if gradient_checkpointing else 'off'}; transient GiB: "
         + ", ".join(f"{n} {gib(b):.2f}" for n, b in plan.phases.items())
         + f" (peak: {peak})"
