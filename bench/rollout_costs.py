@@ -30,17 +30,19 @@ import torch  # noqa: E402
 
 
 def load(model: str, device: torch.device, cache_dir: str) -> tuple[object, object, list[str]]:
-    """(causal LM in eval mode, tokenizer, chat-formatted prompts) of ``--model``."""
-    from integrations.worlds.tiny.setup import build_tiny_setup
-
-    tiny = build_tiny_setup(Path(cache_dir).expanduser(), seed=0)
+    """(causal LM in eval mode, tokenizer, chat-formatted prompts) of ``--model``; both take
+    the tiny world's train prompts."""
     if model == "tiny":
+        from integrations.worlds.tiny.setup import build_tiny_setup
+
+        tiny = build_tiny_setup(Path(cache_dir).expanduser(), seed=0)
         prompts = [tiny.format_prompt(p) for p in tiny.train_prompts]
         return tiny.policy.to(device).eval(), tiny.tokenizer, prompts
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from integrations.testing import smollm2_checkpoint
     from integrations.worlds.base import LOCAL_MODEL_KWARGS
+    from integrations.worlds.tiny.setup import load_corpus, rl_prompts
 
     path = smollm2_checkpoint(cache_dir)
     if path is None:
@@ -52,7 +54,7 @@ def load(model: str, device: torch.device, cache_dir: str) -> tuple[object, obje
     chat = [
         tok.apply_chat_template([{"role": "user", "content": p}], tokenize=False)
         + "<|im_start|>assistant\n"
-        for p in tiny.train_prompts
+        for p in rl_prompts(load_corpus("train"))
     ]
     return lm.to(device).eval(), tok, chat
 

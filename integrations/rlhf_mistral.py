@@ -230,7 +230,6 @@ def advantages(cfg: Config, learner: Learner, batch: Batch) -> Advantages:
         prompts = ro.attn[:, : ro.prompt_len]
         for chunk in split(torch.arange(rows), ro.mask, cfg.batch.micro_batch_size, prompts):
             ids, attn, prompt_len = chunk.inputs(ro.ids, ro.attn, ro.prompt_len)
-            cols = slice(None, chunk.width)
             with learner.amp():
                 old, _, hidden = forward_response(
                     policy, ids, attn, prompt_len, dec, hidden=learner.head_critic
@@ -240,9 +239,10 @@ def advantages(cfg: Config, learner: Learner, batch: Batch) -> Advantages:
                 else:  # LoRA policy: the reference is the base model, adapters off
                     with policy.disable_adapter():  # peft
                         ref, _, _ = forward_response(policy, ids, attn, prompt_len, dec)
-            old_logp[chunk.rows, cols], ref_logp[chunk.rows, cols] = old, ref
+            chunk.place(old_logp, old)
+            chunk.place(ref_logp, ref)
             # the value heads stay float32 (outside autocast): GAE subtracts values
-            old_values[:, chunk.rows, cols] = learner.critic(ids, attn, prompt_len, hidden)
+            chunk.place(old_values, learner.critic(ids, attn, prompt_len, hidden))
         mask = ro.mask.to(old_logp.dtype)
         scores, multipliers = batch.stream_scores, batch.multipliers
         adv, ret = stream_advantages(
@@ -275,6 +275,7 @@ def update(
     (integrations/ppo/accumulate.py), then the critics; statistics weighted alike."""
     ro, policy, critic, plan, ppo = batch.ro, learner.policy, learner.critic, learner.plan, cfg.ppo
     mask = adv.mask
+    prompts = ro.attn[:, : ro.prompt_len]  # what split trims each micro-batch's padding by
 
     def losses_of(
         chunk: MicroBatch, hiddens: list[torch.Tensor | None], sums: dict[str, float]
@@ -327,7 +328,6 @@ def update(
                     cosines = half_batch_cosines(halves, mb, space)
                 for name, c in zip(plan.loss_names, cosines, strict=True):
                     record(stats, f"signal/{name}", c)
-            prompts = ro.attn[:, : ro.prompt_len]
             chunks = split(mb, ro.mask, cfg.batch.micro_batch_size, prompts)
             hiddens: list[torch.Tensor | None] = []
             sums: dict[str, float] = {}

@@ -56,6 +56,10 @@ class MicroBatch:
         """Its part ``[..., b, width]`` of a per-token tensor ``[..., B, T]``."""
         return x[..., self.rows, : self.width]
 
+    def place(self, into: torch.Tensor, x: torch.Tensor) -> None:
+        """Write its part ``x`` (``[..., b, width]``) back into ``into`` (``[..., B, T]``)."""
+        into[..., self.rows, : self.width] = x
+
 
 def split(
     rows: torch.Tensor,

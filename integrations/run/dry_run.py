@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, Literal, cast
+from typing import Any, Literal
 
 from ..ppo.methods import objective_count
 from ..worlds.paper.memory import GPU_BUDGET_GIB, gib, memory_plan
@@ -104,9 +104,10 @@ def dry_run_plan(cfg: Config) -> dict[str, Any]:
     # group advantages train no critic: the modes differ only in LoRA
     group = cfg.ppo.advantage == "group"
     critics: tuple[CriticMode, ...] = ("none",) if group else ("score", "head")
-    configured = _mode_key(paper.lora_r, "none" if group else algo.critic_init)
+    critic: CriticMode = "none" if group else algo.critic_init
+    configured = _mode_key(paper.lora_r, critic)
     memory: dict[str, Any] = {}
-    for mode, lora_r, critic_init in _modes(configured, paper.lora_r, critics):
+    for mode, lora_r, critic_init in _modes(paper.lora_r, critic, critics):
         sharding: Literal["ddp", "fsdp2"] = "fsdp2" if world > 1 and lora_r == 0 else "ddp"
         plan = memory_plan(
             policy,
@@ -156,7 +157,7 @@ def dry_run_plan(cfg: Config) -> dict[str, Any]:
             "bank_elements": k * _bank(policy, probe, trainable),
         },
         "scorers": scorers,
-        "critic_init": critics[0] if group else algo.critic_init,
+        "critic_init": critic,
         "memory": memory,
         "mode": {
             "configured": configured,
@@ -170,16 +171,17 @@ def dry_run_plan(cfg: Config) -> dict[str, Any]:
 
 
 def _modes(
-    configured: str, lora_r: int, critics: tuple[CriticMode, ...]
+    lora_r: int, critic: CriticMode, critics: tuple[CriticMode, ...]
 ) -> list[tuple[str, int, CriticMode]]:
     """(key, lora_r, critic_init) of each mode the plan compares, in the order the preset
-    prefers them when the configured one does not fit: full fine-tuning with each of
-    ``critics`` (score-model critics first, the default), then LoRA (r = --lora-r, or 16) with
-    each; the configured mode first when it is none of these (copy critics)."""
+    prefers them when the configured one (``lora_r``, ``critic``) does not fit: full
+    fine-tuning with each of ``critics`` (score-model critics first, the default), then LoRA
+    (r = --lora-r, or 16) with each; the configured mode first when its critics are none of
+    these (copy critics)."""
     r = lora_r or 16
     modes = [(_mode_key(lora, c), lora, c) for lora in (0, r) for c in critics]
-    if configured not in {key for key, *_ in modes}:
-        modes.insert(0, (configured, lora_r, cast(CriticMode, configured.rsplit("-", 1)[1])))
+    if critic not in critics:
+        modes.insert(0, (_mode_key(lora_r, critic), lora_r, critic))
     return modes
 
 
